@@ -1,0 +1,242 @@
+//! The [`EventStore`] trait: append-only streams with optimistic concurrency, a global commit-ordered
+//! log, snapshots, and a transactional outbox.
+//!
+//! Guarantees every implementation must give (checked by the conformance suite in
+//! `composable-rust-testing`):
+//! - an append is atomic: all its events are stored with consecutive versions, or none is;
+//! - the expected version is checked atomically with the append; a mismatch is
+//!   [`EventStoreError::ConcurrencyConflict`] carrying the stream's actual version;
+//! - event ids are unique: appending again events whose ids are stored with the same content is an
+//!   idempotent success (`AppendResult::duplicate`), with different content it is
+//!   [`EventStoreError::EventIdReused`];
+//! - [`EventStore::read_all`] returns events in commit order and never skips one that commits late;
+//! - outbox intents passed with an append are stored in the same atomic step and stay pending until
+//!   [`EventStore::mark_published`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::event::SerializedEvent;
+use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, Version};
+use crate::topic::Topic;
+
+/// Largest payload an event may carry in an append (8 MiB). Stores refuse larger ones with
+/// [`EventStoreError::PayloadTooLarge`] rather than fail deep inside the database.
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// A request to publish one appended event to one topic, stored with the append (transactional outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxIntent {
+    /// Where the event is to be published.
+    pub topic: Topic,
+    /// Which event of the append.
+    pub event_id: Uuid,
+}
+
+/// Everything one append writes atomically.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    /// Target stream.
+    pub stream_id: StreamId,
+    /// Optimistic concurrency check.
+    pub expected_version: ExpectedVersion,
+    /// Events in order; they get consecutive versions.
+    pub events: Vec<SerializedEvent>,
+    /// Publish intents stored in the same step (may be empty).
+    pub outbox: Vec<OutboxIntent>,
+}
+
+impl AppendRequest {
+    /// An append without outbox intents.
+    pub fn new(stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Self {
+        Self { stream_id, expected_version, events, outbox: Vec::new() }
+    }
+
+    /// Checks what every store checks before touching storage: at least one event, payloads within
+    /// [`MAX_EVENT_PAYLOAD_BYTES`], outbox intents naming events of this append.
+    pub fn validate(&self) -> Result<(), EventStoreError> {
+        if self.events.is_empty() {
+            return Err(EventStoreError::InvalidRequest { reason: format!("append to {} carries no events", self.stream_id) });
+        }
+        for e in &self.events {
+            if e.data.len() > MAX_EVENT_PAYLOAD_BYTES {
+                return Err(EventStoreError::PayloadTooLarge { event_id: e.event_id, size: e.data.len(), limit: MAX_EVENT_PAYLOAD_BYTES });
+            }
+            if e.event_type.is_empty() {
+                return Err(EventStoreError::InvalidRequest { reason: format!("event {} has an empty event type", e.event_id) });
+            }
+        }
+        for intent in &self.outbox {
+            if !self.events.iter().any(|e| e.event_id == intent.event_id) {
+                return Err(EventStoreError::InvalidRequest {
+                    reason: format!("outbox intent for {} names event {} which is not in this append", intent.topic, intent.event_id),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Version of the first appended event.
+    pub first_version: Version,
+    /// Version of the stream after the append (= version of the last event).
+    pub next_expected_version: Version,
+    /// Global position of the first appended event.
+    pub first_position: GlobalPosition,
+    /// True when every event was already stored with the same content (idempotent retry): nothing new
+    /// was written.
+    pub duplicate: bool,
+}
+
+/// An event with its place in the global log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global, commit-ordered position.
+    pub position: GlobalPosition,
+    /// The event, with `stream_id` and `stream_version` set.
+    pub event: SerializedEvent,
+}
+
+/// A stored snapshot of a stream's state at a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The version the state reflects.
+    pub version: Version,
+    /// The encoded state.
+    pub state: Bytes,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// An outbox entry not yet marked published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPublication {
+    /// Where to publish.
+    pub topic: Topic,
+    /// What to publish (as stored).
+    pub event: SerializedEvent,
+}
+
+/// Errors of an event store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventStoreError {
+    /// The stream was not at the expected version. Not retryable as is: reload the stream, decide
+    /// again, append with the new version.
+    #[error("concurrency conflict on stream {stream_id}: expected version {expected}, actual {actual}; reload the stream and retry the command")]
+    ConcurrencyConflict {
+        /// The stream.
+        stream_id: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version.
+        actual: Version,
+    },
+    /// An event id is already stored with different content.
+    #[error("event id {event_id} is already stored (in stream {stream_id}) with different content: event ids must be unique per event")]
+    EventIdReused {
+        /// The reused id.
+        event_id: Uuid,
+        /// Where the stored event lives.
+        stream_id: StreamId,
+    },
+    /// A payload exceeds the documented limit.
+    #[error("event {event_id} payload is {size} bytes, the limit is {limit}: store large blobs elsewhere and reference them")]
+    PayloadTooLarge {
+        /// The event.
+        event_id: Uuid,
+        /// Its payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request itself is wrong (no events, an outbox intent for an unknown event, ...).
+    #[error("invalid append: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Stored data could not be read back (corrupt row, unknown format).
+    #[error("stored data is corrupt: {reason}")]
+    Corrupt {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store could not be reached or timed out; retrying later may succeed.
+    #[error("event store unavailable: {reason}; check that the database is running and reachable")]
+    Unavailable {
+        /// The underlying error.
+        reason: String,
+    },
+    /// Any other backend failure.
+    #[error("event store failure: {reason}")]
+    Backend {
+        /// The underlying error.
+        reason: String,
+    },
+}
+
+impl EventStoreError {
+    /// Whether retrying the same request later may succeed. A concurrency conflict is not retryable as
+    /// is (the command must be decided again on fresh state).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EventStoreError::Unavailable { .. })
+    }
+}
+
+/// An append-only event store. Object-safe: use it as `Arc<dyn EventStore>`.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events (and outbox intents) atomically, checking the expected version.
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError>;
+
+    /// Reads a stream's events with version `>= from`, in version order, at most `limit` of them.
+    async fn read_stream(&self, stream_id: &StreamId, from: Version, limit: usize) -> Result<Vec<SerializedEvent>, EventStoreError>;
+
+    /// The stream's current version (0 if it does not exist).
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version, EventStoreError>;
+
+    /// Reads the global log from position `> after`, in commit order, at most `limit` events.
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError>;
+
+    /// Stores a snapshot, replacing an older one of the same stream.
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError>;
+
+    /// The latest snapshot of a stream, if any.
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, EventStoreError>;
+
+    /// Outbox entries not yet marked published, oldest first, at most `limit`.
+    async fn pending_publications(&self, limit: usize) -> Result<Vec<PendingPublication>, EventStoreError>;
+
+    /// Marks an outbox entry published. Marking an unknown or already published entry is not an error.
+    async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError>;
+}
+
+/// Reads a whole stream from `from`, page by page.
+pub async fn read_stream_to_end(store: &dyn EventStore, stream_id: &StreamId, from: Version) -> Result<Vec<SerializedEvent>, EventStoreError> {
+    const PAGE: usize = 1024;
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let page = store.read_stream(stream_id, next, PAGE).await?;
+        let n = page.len();
+        if let Some(last) = page.last() {
+            next = last.stream_version.unwrap_or(next).next();
+        }
+        out.extend(page);
+        if n < PAGE {
+            return Ok(out);
+        }
+    }
+}
+
+/// A shared event store handle.
+pub type SharedEventStore = Arc<dyn EventStore>;

@@ -1,0 +1,43 @@
+//! # composable-rust-core
+//!
+//! The vocabulary of composable-rust, with no backend in it:
+//!
+//! - [`Reducer`]: pure business logic returning [`Effect`]s;
+//! - [`Effect`]: I/O described as data, executed in order by `composable-rust-runtime`;
+//! - [`SerializedEvent`]: what stores persist and buses carry (payload as shared [`bytes::Bytes`]);
+//! - [`EventStore`] and [`EventBus`]: object-safe traits every backend crate implements;
+//! - [`Aggregate`] and [`Saga`]: reducers whose state lives in event streams;
+//! - [`topic`]: topic names and `*` / `>` patterns with one meaning on every bus;
+//! - [`inspect`]: read a reducer's effects in tests without running them.
+//!
+//! Backends depend on this crate, never the reverse.
+
+pub mod aggregate;
+pub mod clock;
+pub mod command;
+pub mod effect;
+pub mod event;
+pub mod event_bus;
+pub mod event_store;
+pub mod inspect;
+pub mod reducer;
+pub mod saga;
+pub mod stream;
+pub mod topic;
+
+pub use aggregate::Aggregate;
+pub use clock::Clock;
+pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError};
+pub use effect::{Callback, Effect, EffectId, EventStoreOperation};
+pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
+pub use event_bus::{ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
+pub use event_store::{AppendRequest, AppendResult, EventStore, EventStoreError, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot};
+pub use reducer::{Effects, Reducer};
+pub use saga::{Saga, SagaInput};
+pub use stream::{ExpectedVersion, GlobalPosition, StreamId, StreamIdError, Version};
+pub use topic::{Topic, TopicError, TopicPattern};
+
+pub use ::smallvec::{SmallVec, smallvec};
+
+/// Re-export so that users need no direct `smallvec` dependency.
+pub use ::smallvec as smallvec_crate;

@@ -1,0 +1,29 @@
+//! # composable-rust-runtime
+//!
+//! Runs reducers: the [`Store`] (one FIFO action queue, effects executed in order by the
+//! [`Executor`]), the [`AggregateHandler`] (load from the stream, decide, append with the expected
+//! version, retry on conflict), the [`SagaRunner`] (bus deliveries to saga steps, acknowledged after
+//! their effects succeeded, de-duplicated by event id) and the [`outbox`] relay.
+//!
+//! The data path, one file per step: [`store`] → reducer → [`executor`] (effects in order) →
+//! event store (+ outbox) → bus → [`saga_runner`] → acknowledgement.
+
+pub mod aggregate_handler;
+pub mod cancellation;
+pub mod clock;
+pub mod dead_letter;
+pub mod executor;
+pub mod outbox;
+pub mod retry;
+pub mod saga_runner;
+pub mod store;
+pub mod tracker;
+
+pub use aggregate_handler::AggregateHandler;
+pub use clock::SystemClock;
+pub use dead_letter::{DeadLetter, DeadLetterSink, InMemoryDeadLetters};
+pub use executor::{ConflictPolicy, EffectFailure, EffectObserver, EffectRecord, ExecutionScope, Executor, ExecutorBuilder, Feedback};
+pub use retry::RetryPolicy;
+pub use saga_runner::{SagaError, SagaRunner, SagaRunnerHandle, StepOutcome};
+pub use store::{EffectHandle, Store, StoreError};
+pub use tracker::Tracker;

@@ -1,0 +1,232 @@
+//! [`Store`]: holds a reducer's state, runs actions through one FIFO queue, and executes the effects
+//! of each `reduce` call in order on a task of their own.
+//!
+//! Guarantees:
+//! - actions are reduced one at a time, in the order they were queued; an action fed back by an
+//!   effect is queued, never reduced re-entrantly inside another `reduce`;
+//! - the effects of one `reduce` call run in the order returned ([`crate::executor`]); effects of
+//!   different actions run concurrently;
+//! - [`EffectHandle::finish`] waits for the effects an action started, the actions they fed back,
+//!   and their effects, transitively;
+//! - after [`Store::shutdown`] begins, `send` is refused, in-flight effects get a grace period to finish
+//!   and are then cancelled.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use composable_rust_core::{Effects, Reducer};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::executor::{ExecutionScope, Executor, Feedback};
+use crate::tracker::{Tracker, TrackerGuard};
+
+/// Why the store refused an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store is shutting down.
+    #[error("store is shutting down and takes no new actions")]
+    ShuttingDown,
+}
+
+/// Waits for what one `send` started.
+#[derive(Debug, Clone, Default)]
+#[must_use = "call `finish().await` to wait for the action's effects, or drop it to let them run"]
+pub struct EffectHandle {
+    tracker: Option<Tracker>,
+}
+
+impl EffectHandle {
+    /// Completes when the action's effects (and actions they fed back, transitively) have finished.
+    pub async fn finish(self) {
+        if let Some(t) = self.tracker {
+            t.idle().await;
+        }
+    }
+
+    /// Whether nothing started by the action is still running.
+    pub fn is_finished(&self) -> bool {
+        self.tracker.as_ref().is_none_or(|t| t.in_flight() == 0)
+    }
+}
+
+struct Core<S, A> {
+    state: S,
+    queue: VecDeque<(A, Option<Tracker>, Option<TrackerGuard>)>,
+    draining: bool,
+}
+
+struct Shared<R: Reducer> {
+    reducer: R,
+    env: R::Environment,
+    core: Mutex<Core<R::State, R::Action>>,
+    executor: Executor,
+    all_effects: Tracker,
+    closed: AtomicBool,
+    cancel_all: watch::Sender<bool>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A running reducer. Cheap to clone (clones share the store).
+pub struct Store<R: Reducer> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Reducer> Clone for Store<R> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<R: Reducer> fmt::Debug for Store<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("reducer", &std::any::type_name::<R>()).field("effects_in_flight", &self.shared.all_effects.in_flight()).finish()
+    }
+}
+
+impl<R: Reducer> Store<R> {
+    /// A store with the default executor. Must be called inside a tokio runtime (effects run on it).
+    pub fn new(initial_state: R::State, reducer: R, env: R::Environment) -> Self {
+        Self::with_executor(initial_state, reducer, env, Executor::default())
+    }
+
+    /// A store whose effects run on `executor` (its clock, retry policy, dead letters, observer).
+    pub fn with_executor(initial_state: R::State, reducer: R, env: R::Environment, executor: Executor) -> Self {
+        let (cancel_all, _) = watch::channel(false);
+        Self {
+            shared: Arc::new(Shared {
+                reducer,
+                env,
+                core: Mutex::new(Core { state: initial_state, queue: VecDeque::new(), draining: false }),
+                executor,
+                all_effects: Tracker::new(),
+                closed: AtomicBool::new(false),
+                cancel_all,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    /// Queues an action; reduces it (and anything queued before it) now unless another caller is
+    /// already doing so. Returns a handle on the effects it starts.
+    pub fn send(&self, action: R::Action) -> Result<EffectHandle, StoreError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::ShuttingDown);
+        }
+        Ok(self.enqueue(action, None))
+    }
+
+    /// Reads the state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&R::State) -> T) -> T {
+        f(&self.shared.core.lock().state)
+    }
+
+    /// A copy of the state.
+    pub fn state(&self) -> R::State
+    where
+        R::State: Clone,
+    {
+        self.with_state(Clone::clone)
+    }
+
+    /// The environment.
+    pub fn environment(&self) -> &R::Environment {
+        &self.shared.env
+    }
+
+    /// Effect tasks currently running.
+    pub fn effects_in_flight(&self) -> usize {
+        self.shared.all_effects.in_flight()
+    }
+
+    /// Waits until no effect of this store is running.
+    pub async fn settled(&self) {
+        self.shared.all_effects.idle().await;
+    }
+
+    /// Graceful shutdown: refuse new actions, give running effects `grace` to finish (actions they
+    /// feed back are still reduced), then cancel what is left. Returns whether everything finished
+    /// in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shared.closed.store(true, Ordering::Release);
+        let finished = tokio::time::timeout(grace, self.settled()).await.is_ok();
+        if !finished {
+            tracing::warn!(in_flight = self.effects_in_flight(), "shutdown grace period over, cancelling effects");
+            self.shared.cancel_all.send_replace(true);
+            self.settled().await;
+        }
+        finished
+    }
+
+    /// `tracker`: the handle of the action that (transitively) caused this one, if any.
+    fn enqueue(&self, action: R::Action, tracker: Option<Tracker>) -> EffectHandle {
+        let mut spawns: Vec<(Effects<R::Action>, Tracker)> = Vec::new();
+        let handle;
+        {
+            let mut core = self.shared.core.lock();
+            if core.draining {
+                let t = tracker.unwrap_or_default();
+                let guard = t.enter();
+                core.queue.push_back((action, Some(t.clone()), Some(guard)));
+                return EffectHandle { tracker: Some(t) };
+            }
+            core.draining = true;
+            let effects = self.reduce(&mut core.state, action);
+            handle = if effects.is_empty() {
+                EffectHandle { tracker }
+            } else {
+                let t = tracker.unwrap_or_default();
+                spawns.push((effects, t.clone()));
+                EffectHandle { tracker: Some(t) }
+            };
+            while let Some((queued, t, guard)) = core.queue.pop_front() {
+                let effects = self.reduce(&mut core.state, queued);
+                if !effects.is_empty() {
+                    spawns.push((effects, t.unwrap_or_default()));
+                }
+                drop(guard);
+            }
+            core.draining = false;
+        }
+        for (effects, t) in spawns {
+            self.spawn_effects(effects, t);
+        }
+        handle
+    }
+
+    fn reduce(&self, state: &mut R::State, action: R::Action) -> Effects<R::Action> {
+        let _span = tracing::trace_span!("reduce", reducer = std::any::type_name::<R>()).entered();
+        self.shared.reducer.reduce(state, action, &self.shared.env)
+    }
+
+    fn spawn_effects(&self, effects: Effects<R::Action>, tracker: Tracker) {
+        let guard = tracker.enter();
+        let store_guard = self.shared.all_effects.enter();
+        let store = self.clone();
+        let mut cancelled = self.shared.cancel_all.subscribe();
+        self.shared.runtime.spawn(async move {
+            let feedback_store = store.clone();
+            let feedback_tracker = tracker.clone();
+            let feedback: Feedback<R::Action> = Arc::new(move |a| {
+                // Actions fed back are queued with the originating action's tracker, so its
+                // `finish()` also waits for them.
+                let _ = feedback_store.enqueue(a, Some(feedback_tracker.clone()));
+            });
+            let scope = ExecutionScope::default();
+            let work = store.shared.executor.run(effects.into_vec(), &feedback, &scope);
+            tokio::select! {
+                result = work => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "effect sequence stopped");
+                    }
+                }
+                _ = cancelled.wait_for(|c| *c) => tracing::debug!("effects cancelled by shutdown"),
+            }
+            drop(guard);
+            drop(store_guard);
+        });
+    }
+}

@@ -1,0 +1,181 @@
+//! [`InMemoryEventStore`]: the event store with every guarantee of the durable ones, except that it
+//! lives in this process's memory.
+//!
+//! All writes take one lock, so the global log has no gaps and `read_all` is always in commit order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use composable_rust_core::{
+    AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic, Version,
+};
+use parking_lot::RwLock;
+use uuid::Uuid;
+
+#[derive(Default)]
+struct Inner {
+    log: Vec<RecordedEvent>,
+    streams: HashMap<StreamId, Vec<usize>>,
+    by_id: HashMap<Uuid, usize>,
+    snapshots: HashMap<StreamId, Snapshot>,
+    outbox: BTreeMap<u64, (Topic, Uuid)>,
+    outbox_index: HashMap<(Uuid, Topic), u64>,
+    next_outbox: u64,
+}
+
+/// An in-memory [`EventStore`]. Cheap to share behind an `Arc`.
+#[derive(Default)]
+pub struct InMemoryEventStore {
+    inner: RwLock<Inner>,
+}
+
+impl std::fmt::Debug for InMemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.inner.read();
+        f.debug_struct("InMemoryEventStore").field("events", &inner.log.len()).field("streams", &inner.streams.len()).finish()
+    }
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Events stored in all.
+    pub fn event_count(&self) -> usize {
+        self.inner.read().log.len()
+    }
+
+    /// Ids of all streams, sorted.
+    pub fn stream_ids(&self) -> Vec<StreamId> {
+        let mut ids: Vec<StreamId> = self.inner.read().streams.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Outbox entries still pending.
+    pub fn pending_outbox_len(&self) -> usize {
+        self.inner.read().outbox.len()
+    }
+}
+
+/// If every event of the request is already stored, identically and in order in the same stream, the
+/// append is an idempotent retry: returns its original result. An id reused otherwise is an error.
+fn idempotent_retry(inner: &Inner, request: &AppendRequest) -> Result<Option<AppendResult>, EventStoreError> {
+    let mut found: Vec<usize> = Vec::new();
+    for e in &request.events {
+        if let Some(&idx) = inner.by_id.get(&e.event_id) {
+            let stored = &inner.log[idx].event;
+            if !stored.same_content(e) || stored.stream_id.as_ref() != Some(&request.stream_id) {
+                return Err(EventStoreError::EventIdReused { event_id: e.event_id, stream_id: stored.stream_id.clone().unwrap_or_else(|| request.stream_id.clone()) });
+            }
+            found.push(idx);
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let consecutive = found.len() == request.events.len() && found.windows(2).all(|w| inner.log[w[1]].event.stream_version == inner.log[w[0]].event.stream_version.map(Version::next));
+    if !consecutive {
+        let e = &request.events[0];
+        return Err(EventStoreError::EventIdReused { event_id: e.event_id, stream_id: request.stream_id.clone() });
+    }
+    let first = &inner.log[found[0]];
+    let last = &inner.log[found[found.len() - 1]];
+    Ok(Some(AppendResult {
+        first_version: first.event.stream_version.unwrap_or_default(),
+        next_expected_version: last.event.stream_version.unwrap_or_default(),
+        first_position: first.position,
+        duplicate: true,
+    }))
+}
+
+#[async_trait]
+impl EventStore for InMemoryEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
+        request.validate()?;
+        let mut inner = self.inner.write();
+        if let Some(result) = idempotent_retry(&inner, &request)? {
+            return Ok(result);
+        }
+        let actual = Version(inner.streams.get(&request.stream_id).map_or(0, |v| v.len() as u64));
+        if !request.expected_version.accepts(actual) {
+            return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id, expected: request.expected_version, actual });
+        }
+        let first_position = GlobalPosition(inner.log.len() as u64 + 1);
+        let mut version = actual;
+        for mut event in request.events {
+            version = version.next();
+            event.stream_id = Some(request.stream_id.clone());
+            event.stream_version = Some(version);
+            let idx = inner.log.len();
+            inner.by_id.insert(event.event_id, idx);
+            inner.streams.entry(request.stream_id.clone()).or_default().push(idx);
+            inner.log.push(RecordedEvent { position: GlobalPosition(idx as u64 + 1), event });
+        }
+        for intent in request.outbox {
+            let key = (intent.event_id, intent.topic.clone());
+            if inner.outbox_index.contains_key(&key) {
+                continue;
+            }
+            let seq = inner.next_outbox;
+            inner.next_outbox += 1;
+            inner.outbox.insert(seq, (intent.topic, intent.event_id));
+            inner.outbox_index.insert(key, seq);
+        }
+        Ok(AppendResult { first_version: actual.next(), next_expected_version: version, first_position, duplicate: false })
+    }
+
+    async fn read_stream(&self, stream_id: &StreamId, from: Version, limit: usize) -> Result<Vec<SerializedEvent>, EventStoreError> {
+        let inner = self.inner.read();
+        let Some(indices) = inner.streams.get(stream_id) else { return Ok(Vec::new()) };
+        let skip = usize::try_from(from.0.saturating_sub(1)).unwrap_or(usize::MAX);
+        Ok(indices.iter().skip(skip).take(limit).map(|&i| inner.log[i].event.clone()).collect())
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version, EventStoreError> {
+        Ok(Version(self.inner.read().streams.get(stream_id).map_or(0, |v| v.len() as u64)))
+    }
+
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let inner = self.inner.read();
+        let start = usize::try_from(after.0).unwrap_or(usize::MAX).min(inner.log.len());
+        Ok(inner.log[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
+        let mut inner = self.inner.write();
+        let current = Version(inner.streams.get(&snapshot.stream_id).map_or(0, |v| v.len() as u64));
+        if snapshot.version > current {
+            return Err(EventStoreError::InvalidRequest { reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version) });
+        }
+        let newer_exists = inner.snapshots.get(&snapshot.stream_id).is_some_and(|s| s.version > snapshot.version);
+        if !newer_exists {
+            inner.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        }
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, EventStoreError> {
+        Ok(self.inner.read().snapshots.get(stream_id).cloned())
+    }
+
+    async fn pending_publications(&self, limit: usize) -> Result<Vec<PendingPublication>, EventStoreError> {
+        let inner = self.inner.read();
+        Ok(inner
+            .outbox
+            .values()
+            .take(limit)
+            .filter_map(|(topic, id)| inner.by_id.get(id).map(|&i| PendingPublication { topic: topic.clone(), event: inner.log[i].event.clone() }))
+            .collect())
+    }
+
+    async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
+        let mut inner = self.inner.write();
+        if let Some(seq) = inner.outbox_index.remove(&(event_id, topic.clone())) {
+            inner.outbox.remove(&seq);
+        }
+        Ok(())
+    }
+}
