@@ -1,1 +1,116 @@
-fn main(){}
+//! `checkout-saga`: runs the checkout scenario and checks that every order ended as it should.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use checkout_saga::app::{self, BusChoice, Config, StoreChoice};
+use clap::Parser;
+
+/// Runs N checkouts through the Order, Inventory and Payment aggregates and the CheckoutSaga, then
+/// verifies the outcome against the event store. Exits 1 if any checkout did not finish or stock does
+/// not balance.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Orders to place.
+    #[arg(long, default_value_t = 300)]
+    orders: usize,
+    /// Every K-th order pays with a declined card (0: never).
+    #[arg(long, default_value_t = 7)]
+    decline_every: usize,
+    /// Every K-th order asks for an out-of-stock SKU (0: never).
+    #[arg(long, default_value_t = 11)]
+    out_of_stock_every: usize,
+    /// Seed for SKUs and quantities.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stocked SKUs.
+    #[arg(long, default_value_t = 8)]
+    skus: usize,
+    /// Orders placed concurrently.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Saga workers sharing one consumer group.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds to wait for every checkout to finish.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Event store: `memory`.
+    #[arg(long, default_value = "memory")]
+    store: String,
+    /// Event bus: `memory`.
+    #[arg(long, default_value = "memory")]
+    bus: String,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Log at info level (RUST_LOG overrides).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let (store, bus) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>()) {
+        (Ok(s), Ok(b)) => (s, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("checkout-saga: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config {
+        orders: args.orders,
+        decline_every: args.decline_every,
+        out_of_stock_every: args.out_of_stock_every,
+        seed: args.seed,
+        skus: args.skus,
+        concurrency: args.concurrency,
+        workers: args.workers,
+        timeout: Duration::from_secs(args.timeout_secs),
+        store,
+        bus,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("checkout-saga: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(app::run(&config)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("checkout-saga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("checkout-saga: cannot encode the report: {e}"),
+        }
+    } else {
+        println!("checkout-saga: {} orders, in-memory store and bus, {} saga worker(s)", report.orders, config.workers);
+        println!(
+            "  confirmed {}, cancelled {} (out of stock {}, payment declined {})",
+            report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined
+        );
+        println!("  events persisted {}, published {}, saga steps {}, redeliveries recognised {}", report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates);
+        println!("  elapsed {} ms", report.elapsed_ms);
+        if report.ok() {
+            println!("  every checkout reached its expected final state; stock balances; no dead letters");
+        }
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        for p in &report.problems {
+            eprintln!("checkout-saga: PROBLEM: {p}");
+        }
+        ExitCode::FAILURE
+    }
+}

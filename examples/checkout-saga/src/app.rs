@@ -1,0 +1,396 @@
+//! Wiring and the scenario: builds the store, bus, aggregate handlers and saga workers, places
+//! orders with a deterministic mix of outcomes, waits for every checkout to finish, and checks the
+//! result against the event store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
+use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
+use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::inventory::{InventoryAggregate, InventoryCommand};
+use crate::domain::order::{self, CancelReason, OrderAggregate, OrderCommand, OrderLine, OrderStatus};
+use crate::domain::payment::{DECLINED_CARD, PaymentAggregate, PaymentStatus};
+use crate::domain::{DomainEnv, ORDER_TOPIC};
+use crate::saga::{CheckoutEnv, CheckoutSaga, CheckoutStep};
+use composable_rust_core::Saga;
+
+/// SKU that is never stocked: orders for it run out of stock.
+pub const DISCONTINUED_SKU: &str = "sku-discontinued";
+
+/// Why the scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A `--store` value this build does not support.
+    #[error("unsupported --store {0:?}: this build supports `memory` (SQLite and PostgreSQL stores are planned in composable-rust-sqlite / -postgres)")]
+    UnsupportedStore(String),
+    /// A `--bus` value this build does not support.
+    #[error("unsupported --bus {0:?}: this build supports `memory` (Redpanda, Zenoh and NATS buses are planned in their own crates)")]
+    UnsupportedBus(String),
+    /// Setup failed.
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+/// Which event store to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In process memory.
+    Memory,
+}
+
+impl FromStr for StoreChoice {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, AppError> {
+        match s {
+            "memory" | "mem" | "in-memory" => Ok(StoreChoice::Memory),
+            other => Err(AppError::UnsupportedStore(other.to_string())),
+        }
+    }
+}
+
+/// Which bus to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusChoice {
+    /// In process memory.
+    Memory,
+}
+
+impl FromStr for BusChoice {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, AppError> {
+        match s {
+            "memory" | "mem" | "in-memory" => Ok(BusChoice::Memory),
+            other => Err(AppError::UnsupportedBus(other.to_string())),
+        }
+    }
+}
+
+/// Scenario settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Orders to place.
+    pub orders: usize,
+    /// Every K-th order pays with a declined card (0: never).
+    pub decline_every: usize,
+    /// Every K-th order asks for a SKU that is out of stock (0: never). Takes precedence over a decline.
+    pub out_of_stock_every: usize,
+    /// Seed for SKUs and quantities.
+    pub seed: u64,
+    /// Number of stocked SKUs.
+    pub skus: usize,
+    /// Orders placed concurrently.
+    pub concurrency: usize,
+    /// Saga workers sharing one consumer group.
+    pub workers: usize,
+    /// How long to wait for every checkout to finish.
+    pub timeout: Duration,
+    /// Event store.
+    pub store: StoreChoice,
+    /// Event bus.
+    pub bus: BusChoice,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            orders: 300,
+            decline_every: 7,
+            out_of_stock_every: 11,
+            seed: 42,
+            skus: 8,
+            concurrency: 16,
+            workers: 2,
+            timeout: Duration::from_secs(60),
+            store: StoreChoice::Memory,
+            bus: BusChoice::Memory,
+        }
+    }
+}
+
+/// The expected end of one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Paid and confirmed.
+    Confirmed,
+    /// Cancelled for lack of stock, never charged.
+    OutOfStock,
+    /// Card declined, stock released.
+    Declined,
+}
+
+/// One generated order.
+#[derive(Debug, Clone)]
+pub struct PlannedOrder {
+    /// Order id.
+    pub order_id: String,
+    /// The line.
+    pub line: OrderLine,
+    /// How it must end.
+    pub expected: Expected,
+}
+
+/// The deterministic order mix for a config.
+pub fn plan_orders(config: &Config) -> Vec<PlannedOrder> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    (1..=config.orders)
+        .map(|n| {
+            let expected = if config.out_of_stock_every > 0 && n % config.out_of_stock_every == 0 {
+                Expected::OutOfStock
+            } else if config.decline_every > 0 && n % config.decline_every == 0 {
+                Expected::Declined
+            } else {
+                Expected::Confirmed
+            };
+            let sku_index = rng.random_range(0..config.skus.max(1));
+            let quantity = rng.random_range(1..=3u32);
+            let sku = if expected == Expected::OutOfStock { DISCONTINUED_SKU.to_string() } else { format!("sku-{sku_index}") };
+            let unit_price = 1_000 + 250 * sku_index as u64;
+            let card_token = if expected == Expected::Declined { DECLINED_CARD.to_string() } else { format!("tok_visa_{n}") };
+            PlannedOrder { order_id: format!("order-{n:06}"), line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token }, expected }
+        })
+        .collect()
+}
+
+/// What the run did, as printed by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Orders placed.
+    pub orders: usize,
+    /// Orders confirmed.
+    pub confirmed: usize,
+    /// Orders cancelled.
+    pub cancelled: usize,
+    /// Of which for lack of stock.
+    pub cancelled_out_of_stock: usize,
+    /// Of which for a declined payment.
+    pub cancelled_payment_declined: usize,
+    /// Events in the store (domain events and saga steps).
+    pub events_persisted: usize,
+    /// Events published on the bus.
+    pub events_published: u64,
+    /// Wall time of the scenario.
+    pub elapsed_ms: u128,
+    /// Saga steps applied.
+    pub saga_steps: u64,
+    /// Redeliveries recognised by the saga.
+    pub saga_duplicates: u64,
+    /// Dead letters recorded.
+    pub dead_letters: u64,
+    /// Everything that does not add up; empty on success.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn envelope<C: std::any::Any + Send + Sync + std::fmt::Debug>(command: C, correlation: &str) -> CommandEnvelope {
+    CommandEnvelope { command_id: Uuid::new_v4(), correlation_id: Some(correlation.to_string()), causation_id: None, command: AnyCommand::new(command) }
+}
+
+/// Runs the scenario.
+pub async fn run(config: &Config) -> Result<Report, AppError> {
+    let store = match config.store {
+        StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
+    };
+    let bus = match config.bus {
+        // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
+        BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
+    };
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let dyn_bus: Arc<dyn EventBus> = bus.clone();
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let executor = Executor::builder().dead_letters(Arc::clone(&dead_letters) as Arc<dyn DeadLetterSink>).build();
+    let domain = DomainEnv { store: Arc::clone(&dyn_store), bus: Arc::clone(&dyn_bus) };
+    let orders = Arc::new(AggregateHandler::new(OrderAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
+    let inventory = Arc::new(AggregateHandler::new(InventoryAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
+    let payments = Arc::new(AggregateHandler::new(PaymentAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
+    let saga_env = CheckoutEnv {
+        orders: Arc::clone(&orders) as Arc<dyn CommandHandler>,
+        inventory: Arc::clone(&inventory) as Arc<dyn CommandHandler>,
+        payments: Arc::clone(&payments) as Arc<dyn CommandHandler>,
+    };
+
+    let plan = plan_orders(config);
+    let started = Instant::now();
+
+    // Watch order outcomes from the bus to know when every checkout is done.
+    let mut outcomes = dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
+    let mut workers = Vec::new();
+    for _ in 0..config.workers.max(1) {
+        let runner = SagaRunner::new(CheckoutSaga, saga_env.clone(), Arc::clone(&dyn_store), Arc::clone(&dyn_bus), executor.clone());
+        workers.push(runner.spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+    }
+
+    // Stock every SKU with exactly what the orders need plus a margin, so only the discontinued SKU runs out.
+    let mut demand: BTreeMap<String, u32> = BTreeMap::new();
+    for o in plan.iter().filter(|o| o.expected != Expected::OutOfStock) {
+        *demand.entry(o.line.sku.clone()).or_default() += o.line.quantity;
+    }
+    for (sku, quantity) in &demand {
+        inventory
+            .handle(&envelope(InventoryCommand::Restock { sku: sku.clone(), quantity: quantity + 5 }, sku))
+            .await
+            .map_err(|e| AppError::Setup(format!("restocking {sku}: {e}")))?;
+    }
+
+    let placed = futures::stream::iter(plan.iter())
+        .map(|o| {
+            let orders = Arc::clone(&orders);
+            async move { orders.handle(&envelope(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }, &o.order_id)).await }
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let mut problems: Vec<String> = placed.into_iter().filter_map(Result::err).map(|e| format!("placing an order failed: {e}")).collect();
+
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let finished = wait_for_outcomes(&mut outcomes, plan.len(), deadline).await;
+    if finished < plan.len() {
+        problems.push(format!("{} of {} orders did not reach a final state within {:?}", plan.len() - finished, plan.len(), config.timeout));
+    }
+    // The order's final event is also the saga's last step: wait for the workers to record it.
+    let checker = SagaRunner::new(CheckoutSaga, saga_env.clone(), Arc::clone(&dyn_store), Arc::clone(&dyn_bus), executor.clone());
+    let unfinished_sagas = wait_for_sagas(&checker, &plan, deadline).await?;
+    let elapsed_ms = started.elapsed().as_millis();
+    if unfinished_sagas > 0 {
+        problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
+    }
+    let mut saga_steps = 0;
+    let mut saga_duplicates = 0;
+    for w in workers {
+        let stats = w.shutdown().await;
+        saga_steps += stats.applied;
+        saga_duplicates += stats.duplicates;
+        if stats.lagged_events > 0 {
+            problems.push(format!("a saga worker missed {} events (bus lag)", stats.lagged_events));
+        }
+    }
+
+    let mut confirmed = 0;
+    let mut out_of_stock = 0;
+    let mut declined = 0;
+    for o in &plan {
+        let order = orders.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+        let payment = payments.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+        let saga = checker.load_instance(&o.order_id).await.map_err(|e| AppError::Setup(e.to_string()))?;
+        match order.status {
+            OrderStatus::Confirmed => confirmed += 1,
+            OrderStatus::Cancelled(CancelReason::OutOfStock) => out_of_stock += 1,
+            OrderStatus::Cancelled(CancelReason::PaymentDeclined) => declined += 1,
+            _ => {}
+        }
+        let consistent = match o.expected {
+            Expected::Confirmed => {
+                order.status == OrderStatus::Confirmed
+                    && payment.status == PaymentStatus::Captured
+                    && payment.captured_cents == o.line.amount_cents
+                    && saga.step == CheckoutStep::Confirmed
+            }
+            Expected::OutOfStock => {
+                order.status == OrderStatus::Cancelled(CancelReason::OutOfStock)
+                    && payment.status == PaymentStatus::None
+                    && saga.step == CheckoutStep::Cancelled(CancelReason::OutOfStock)
+            }
+            Expected::Declined => {
+                order.status == OrderStatus::Cancelled(CancelReason::PaymentDeclined)
+                    && payment.status == PaymentStatus::Declined
+                    && saga.step == CheckoutStep::Cancelled(CancelReason::PaymentDeclined)
+                    && saga.stock_released
+            }
+        };
+        if !consistent && problems.len() < 20 {
+            problems.push(format!("{}: expected {:?}, order {:?}, payment {:?}, saga {:?}", o.order_id, o.expected, order.status, payment.status, saga.step));
+        }
+    }
+
+    problems.extend(check_stock(&plan, &demand, &inventory).await?);
+    if dead_letters.total() > 0 {
+        problems.push(format!("{} dead letters, first: {:?}", dead_letters.total(), dead_letters.letters().first()));
+    }
+    Ok(Report {
+        orders: plan.len(),
+        confirmed,
+        cancelled: out_of_stock + declined,
+        cancelled_out_of_stock: out_of_stock,
+        cancelled_payment_declined: declined,
+        events_persisted: store.event_count(),
+        events_published: bus.stats().published(),
+        elapsed_ms,
+        saga_steps,
+        saga_duplicates,
+        dead_letters: dead_letters.total(),
+        problems,
+    })
+}
+
+/// Polls each checkout's saga instance (rebuilt from its stream) until it is complete or the deadline
+/// passes; returns how many are not complete.
+async fn wait_for_sagas(checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder], deadline: tokio::time::Instant) -> Result<usize, AppError> {
+    let mut unfinished = 0;
+    for o in plan {
+        loop {
+            let state = checker.load_instance(&o.order_id).await.map_err(|e| AppError::Setup(e.to_string()))?;
+            if CheckoutSaga.is_complete(&state) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                unfinished += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(unfinished)
+}
+
+/// Counts distinct orders confirmed or cancelled on the bus until `expected` or the deadline.
+async fn wait_for_outcomes(outcomes: &mut composable_rust_core::EventStream, expected: usize, deadline: tokio::time::Instant) -> usize {
+    let mut done: HashSet<String> = HashSet::new();
+    while done.len() < expected {
+        let Ok(Some(item)) = tokio::time::timeout_at(deadline, outcomes.next()).await else { break };
+        let Ok(delivery) = item else { continue };
+        let event = delivery.event();
+        if event.event_type == order::event_types::CONFIRMED || event.event_type == order::event_types::CANCELLED {
+            if let Some(id) = &event.metadata.correlation_id {
+                done.insert(id.clone());
+            }
+        }
+        let _ = delivery.ack().await;
+    }
+    done.len()
+}
+
+/// Stock balances per SKU: restocked = available + reserved, and what is reserved is exactly what
+/// confirmed orders bought.
+async fn check_stock(plan: &[PlannedOrder], demand: &BTreeMap<String, u32>, inventory: &AggregateHandler<InventoryAggregate>) -> Result<Vec<String>, AppError> {
+    let mut problems = Vec::new();
+    let mut skus: Vec<&String> = demand.keys().collect();
+    let discontinued = DISCONTINUED_SKU.to_string();
+    skus.push(&discontinued);
+    for sku in skus {
+        let state = inventory.load(sku, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+        let reserved: u32 = state.reservations.values().sum();
+        if state.restocked != state.available + reserved {
+            problems.push(format!("{sku}: restocked {} != available {} + reserved {reserved}", state.restocked, state.available));
+        }
+        let confirmed: BTreeMap<String, u32> =
+            plan.iter().filter(|o| o.expected == Expected::Confirmed && &o.line.sku == sku).map(|o| (o.order_id.clone(), o.line.quantity)).collect();
+        if state.reservations != confirmed {
+            problems.push(format!("{sku}: {} reservations held, {} confirmed orders", state.reservations.len(), confirmed.len()));
+        }
+    }
+    Ok(problems)
+}
