@@ -1,0 +1,234 @@
+//! The saga runner applies each delivered event once, executes its effects at least once, and keeps
+//! running through unknown and undecodable events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use composable_rust_core::{
+    Aggregate, AppendRequest, CodecError, CommandHandler, Effect, EventBus, EventMetadata, EventStore, ExpectedVersion, Reducer, Saga, SagaInput, SerializedEvent,
+    Version, encode_payload, smallvec,
+};
+use composable_rust_runtime::saga_runner::{SAGA_STEP_EVENT_TYPE, SagaStatsSnapshot};
+use composable_rust_runtime::{AggregateHandler, Executor, SagaRunner, StepOutcome};
+use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
+use serde::{Deserialize, Serialize};
+
+// A ledger aggregate: one stream per account, one `Recorded` event per deposit.
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    account: String,
+    amount: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Ledger {
+    version: Version,
+    total: u64,
+}
+
+struct LedgerAggregate;
+
+struct LedgerEnv {
+    store: Arc<dyn EventStore>,
+}
+
+impl Reducer for LedgerAggregate {
+    type State = Ledger;
+    type Action = Record;
+    type Environment = LedgerEnv;
+
+    fn reduce(&self, state: &mut Ledger, command: Record, env: &LedgerEnv) -> composable_rust_core::Effects<Record> {
+        let loaded = state.version;
+        state.total += command.amount;
+        state.version = loaded.next();
+        let event = SerializedEvent::from_payload("Recorded.v1", &command.amount, None).unwrap();
+        let stream = AggregateHandler::<LedgerAggregate>::stream_id(&command.account).unwrap();
+        smallvec![Effect::append_events(Arc::clone(&env.store), stream, ExpectedVersion::from_loaded(loaded), vec![event])]
+    }
+}
+
+impl Aggregate for LedgerAggregate {
+    const AGGREGATE_TYPE: &'static str = "ledger";
+
+    fn aggregate_id(command: &Record) -> String {
+        command.account.clone()
+    }
+
+    fn initial_state(&self, _id: &str) -> Ledger {
+        Ledger::default()
+    }
+
+    fn apply(&self, state: &mut Ledger, event: &SerializedEvent) -> Result<(), CodecError> {
+        state.total += event.decode_data::<u64>()?;
+        state.version = event.stream_version.unwrap();
+        Ok(())
+    }
+}
+
+// A saga that books every `Deposited` event into the ledger and counts deposits per account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Deposited {
+    account: String,
+    amount: u64,
+}
+
+struct BookingSaga;
+
+struct BookingEnv {
+    ledger: Arc<dyn CommandHandler>,
+}
+
+impl Reducer for BookingSaga {
+    type State = u32;
+    type Action = Deposited;
+    type Environment = BookingEnv;
+
+    fn reduce(&self, deposits: &mut u32, action: Deposited, env: &BookingEnv) -> composable_rust_core::Effects<Deposited> {
+        *deposits += 1;
+        smallvec![Effect::dispatch(Arc::clone(&env.ledger), Record { account: action.account.clone(), amount: action.amount }, Some(action.account))]
+    }
+}
+
+impl Saga for BookingSaga {
+    const NAME: &'static str = "booking";
+
+    fn topics(&self) -> Vec<String> {
+        vec!["bank.deposits".into()]
+    }
+
+    fn initial_state(&self, _instance_id: &str) -> u32 {
+        0
+    }
+
+    fn decode(&self, event: &SerializedEvent) -> Result<Option<SagaInput<Deposited>>, CodecError> {
+        if event.event_type != "Deposited.v1" {
+            return Ok(None);
+        }
+        let d: Deposited = event.decode_data()?;
+        Ok(Some(SagaInput { instance_id: d.account.clone(), action: d }))
+    }
+}
+
+struct World {
+    store: Arc<InMemoryEventStore>,
+    bus: Arc<InMemoryEventBus>,
+    ledger: Arc<AggregateHandler<LedgerAggregate>>,
+    executor: Executor,
+}
+
+impl World {
+    fn new() -> Self {
+        let store = Arc::new(InMemoryEventStore::new());
+        let executor = Executor::default();
+        let ledger = Arc::new(AggregateHandler::new(LedgerAggregate, LedgerEnv { store: store.clone() }, store.clone(), executor.clone()));
+        Self { store, bus: Arc::new(InMemoryEventBus::new()), ledger, executor }
+    }
+
+    fn runner(&self) -> SagaRunner<BookingSaga> {
+        SagaRunner::new(BookingSaga, BookingEnv { ledger: self.ledger.clone() }, self.store.clone(), self.bus.clone(), self.executor.clone())
+    }
+
+    async fn ledger(&self, account: &str) -> Ledger {
+        self.ledger.load(account, None).await.unwrap().state
+    }
+}
+
+fn deposit(account: &str, amount: u64) -> SerializedEvent {
+    SerializedEvent::from_payload("Deposited.v1", &Deposited { account: account.into(), amount }, Some(EventMetadata::now())).unwrap()
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_not_applied_twice() {
+    let world = World::new();
+    let runner = world.runner();
+    let event = deposit("acc-1", 50);
+
+    assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Applied);
+    assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
+
+    assert_eq!(runner.load_instance("acc-1").await.unwrap(), 1, "saga state counts the deposit once");
+    let ledger = world.ledger("acc-1").await;
+    assert_eq!((ledger.total, ledger.version), (50, Version(1)), "the dispatched command was applied once");
+
+    runner.handle_event(&deposit("acc-1", 7)).await.unwrap();
+    assert_eq!(runner.load_instance("acc-1").await.unwrap(), 2, "a different event id is a new step");
+    assert_eq!(world.ledger("acc-1").await.total, 57);
+}
+
+#[tokio::test]
+async fn effects_lost_in_a_crash_after_recording_run_on_redelivery() {
+    let world = World::new();
+    let runner = world.runner();
+    let event = deposit("acc-2", 30);
+    // Simulate a worker that recorded the step and died before dispatching its command.
+    let step = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, encode_payload(&Deposited { account: "acc-2".into(), amount: 30 }).unwrap(), None)
+        .with_event_id(SagaRunner::<BookingSaga>::step_id(event.event_id));
+    let stream = SagaRunner::<BookingSaga>::instance_stream("acc-2").unwrap();
+    world.store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![step])).await.unwrap();
+    assert_eq!(world.ledger("acc-2").await.total, 0);
+
+    assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
+    assert_eq!(world.ledger("acc-2").await.total, 30, "the redelivery executed the lost command");
+    assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
+    assert_eq!(world.ledger("acc-2").await.total, 30, "and a further redelivery does not apply it again");
+    assert_eq!(runner.load_instance("acc-2").await.unwrap(), 1);
+}
+
+async fn wait_for(handle: &composable_rust_runtime::SagaRunnerHandle, done: impl Fn(&SagaStatsSnapshot) -> bool) -> SagaStatsSnapshot {
+    for _ in 0..500 {
+        let stats = handle.stats();
+        if done(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("saga worker did not get there: {:?}", handle.stats());
+}
+
+#[tokio::test]
+async fn the_worker_skips_unknown_types_dead_letters_garbage_and_keeps_going() {
+    let world = World::new();
+    let dead_letters = Arc::new(composable_rust_runtime::InMemoryDeadLetters::default());
+    let executor = Executor::builder().dead_letters(dead_letters.clone()).build();
+    let runner = SagaRunner::new(BookingSaga, BookingEnv { ledger: world.ledger.clone() }, world.store.clone(), world.bus.clone(), executor);
+    let handle = runner.spawn().await.unwrap();
+
+    let good = deposit("acc-3", 10);
+    world.bus.publish("bank.deposits", &good).await.unwrap();
+    world.bus.publish("bank.deposits", &good).await.unwrap();
+    world.bus.publish("bank.deposits", &SerializedEvent::new("Withdrawn.v1", vec![1], None)).await.unwrap();
+    world.bus.publish("bank.deposits", &SerializedEvent::new("Deposited.v1", vec![0xff; 3], None)).await.unwrap();
+    world.bus.publish("bank.deposits", &deposit("acc-3", 5)).await.unwrap();
+
+    let stats = wait_for(&handle, |s| s.applied == 2 && s.duplicates == 1 && s.skipped == 1 && s.dead_lettered == 1).await;
+    assert_eq!(stats.lagged_events, 0);
+    assert_eq!(world.ledger("acc-3").await.total, 15, "both distinct deposits booked, the duplicate not");
+    let letters = dead_letters.letters();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].error.contains("cannot decode event Deposited.v1"), "{letters:?}");
+    assert!(letters[0].event.is_some(), "the undecodable event is kept for inspection");
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_in_one_group_share_the_events_and_apply_each_once() {
+    let world = World::new();
+    let w1 = world.runner().spawn().await.unwrap();
+    let w2 = world.runner().spawn().await.unwrap();
+    for i in 0..60u64 {
+        world.bus.publish("bank.deposits", &deposit(&format!("acc-{}", i % 6), i)).await.unwrap();
+    }
+    for _ in 0..500 {
+        if w1.stats().applied + w2.stats().applied == 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (s1, s2) = (w1.shutdown().await, w2.shutdown().await);
+    assert_eq!(s1.applied + s2.applied, 60, "{s1:?} {s2:?}");
+    for a in 0..6u64 {
+        let expected: u64 = (0..60u64).filter(|i| i % 6 == a).sum();
+        let ledger = world.ledger(&format!("acc-{a}")).await;
+        assert_eq!((ledger.total, ledger.version), (expected, Version(10)), "account {a}");
+    }
+}
