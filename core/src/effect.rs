@@ -217,14 +217,16 @@ impl<A: Send + 'static> Effect<A> {
         match self {
             Effect::None => Effect::None,
             Effect::EventStore(op) => Effect::EventStore(match op {
-                EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success, on_error } => EventStoreOperation::AppendEvents {
-                    event_store,
-                    stream_id,
-                    expected_version,
-                    events,
-                    on_success: cb(on_success, f),
-                    on_error: cb(on_error, f),
-                },
+                EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success, on_error } => {
+                    EventStoreOperation::AppendEvents {
+                        event_store,
+                        stream_id,
+                        expected_version,
+                        events,
+                        on_success: cb(on_success, f),
+                        on_error: cb(on_error, f),
+                    }
+                }
                 EventStoreOperation::LoadEvents { event_store, stream_id, from_version, on_success, on_error } => EventStoreOperation::LoadEvents {
                     event_store,
                     stream_id,
@@ -232,7 +234,9 @@ impl<A: Send + 'static> Effect<A> {
                     on_success: cb(Some(on_success), f).expect("mapped a present callback"),
                     on_error: cb(on_error, f),
                 },
-                EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error } => EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error: cb(on_error, f) },
+                EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error } => {
+                    EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error: cb(on_error, f) }
+                }
                 EventStoreOperation::LoadSnapshot { event_store, stream_id, on_success, on_error } => EventStoreOperation::LoadSnapshot {
                     event_store,
                     stream_id,
@@ -243,7 +247,9 @@ impl<A: Send + 'static> Effect<A> {
             Effect::PublishEvent { topic, event, event_bus, on_success, on_error } => {
                 Effect::PublishEvent { topic, event, event_bus, on_success: on_success.map(|a| f(a)), on_error: cb(on_error, f) }
             }
-            Effect::DispatchCommand { target, command, correlation_id, on_error } => Effect::DispatchCommand { target, command, correlation_id, on_error: cb(on_error, f) },
+            Effect::DispatchCommand { target, command, correlation_id, on_error } => {
+                Effect::DispatchCommand { target, command, correlation_id, on_error: cb(on_error, f) }
+            }
             Effect::Future(fut) => {
                 let f = Arc::clone(f);
                 Effect::Future(fut.map(move |a| a.map(|a| f(a))).boxed())
@@ -273,7 +279,9 @@ impl<A: fmt::Debug> fmt::Debug for Effect<A> {
             Effect::EventStore(EventStoreOperation::SaveSnapshot { snapshot, .. }) => {
                 f.debug_struct("SaveSnapshot").field("stream_id", &snapshot.stream_id).field("version", &snapshot.version).finish_non_exhaustive()
             }
-            Effect::EventStore(EventStoreOperation::LoadSnapshot { stream_id, .. }) => f.debug_struct("LoadSnapshot").field("stream_id", stream_id).finish_non_exhaustive(),
+            Effect::EventStore(EventStoreOperation::LoadSnapshot { stream_id, .. }) => {
+                f.debug_struct("LoadSnapshot").field("stream_id", stream_id).finish_non_exhaustive()
+            }
             Effect::PublishEvent { topic, event, on_success, .. } => f
                 .debug_struct("PublishEvent")
                 .field("topic", topic)

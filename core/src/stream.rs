@@ -153,11 +153,7 @@ impl ExpectedVersion {
 
     /// `Exact(v)`, or `NoStream` when `v` is the initial version: the natural expectation after loading.
     pub fn from_loaded(v: Version) -> Self {
-        if v == Version::INITIAL {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Exact(v)
-        }
+        if v == Version::INITIAL { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(v) }
     }
 }
 

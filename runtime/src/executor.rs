@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use composable_rust_core::{
-    AppendRequest, AppendResult, Clock, CommandEnvelope, CommandOutcome, DispatchError, Effect, EventBusError, EventStore, EventStoreError, EventStoreOperation,
-    ExpectedVersion, OutboxIntent, SerializedEvent, StreamId, Topic, Version,
+    AppendRequest, AppendResult, Clock, CommandEnvelope, CommandOutcome, DispatchError, Effect, EventBusError, EventStore, EventStoreError,
+    EventStoreOperation, ExpectedVersion, OutboxIntent, SerializedEvent, StreamId, Topic, Version,
 };
 use futures::FutureExt;
 use futures::future::{Abortable, BoxFuture};
@@ -277,7 +277,12 @@ impl Executor {
     }
 
     /// Runs `effects` as one sequence (see the module docs).
-    pub fn run<'a, A: Send + 'static>(&'a self, effects: Vec<Effect<A>>, feedback: &'a Feedback<A>, scope: &'a ExecutionScope) -> BoxFuture<'a, Result<(), EffectFailure>> {
+    pub fn run<'a, A: Send + 'static>(
+        &'a self,
+        effects: Vec<Effect<A>>,
+        feedback: &'a Feedback<A>,
+        scope: &'a ExecutionScope,
+    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         self.run_sequence(effects, feedback, scope)
     }
 
@@ -307,7 +312,12 @@ impl Executor {
         }
     }
 
-    fn run_sequence<'a, A: Send + 'static>(&'a self, effects: Vec<Effect<A>>, feedback: &'a Feedback<A>, scope: &'a ExecutionScope) -> BoxFuture<'a, Result<(), EffectFailure>> {
+    fn run_sequence<'a, A: Send + 'static>(
+        &'a self,
+        effects: Vec<Effect<A>>,
+        feedback: &'a Feedback<A>,
+        scope: &'a ExecutionScope,
+    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         async move {
             let mut effects: Vec<Option<Effect<A>>> = effects.into_iter().map(Some).collect();
             let mut stored: HashMap<Uuid, StoredInSequence> = HashMap::new();
@@ -406,7 +416,12 @@ impl Executor {
     ) -> Result<(), EffectFailure> {
         let what = || format!("publish_event {} {} to {topic}", event.event_type, event.event_id);
         let (outcome, attempts) = self.with_retry(&what, || bus.publish(topic, &event)).await;
-        self.observe(EffectRecord::Publish { topic: topic.to_string(), event_type: event.event_type.clone(), event_id: event.event_id, outcome: outcome.clone() });
+        self.observe(EffectRecord::Publish {
+            topic: topic.to_string(),
+            event_type: event.event_type.clone(),
+            event_id: event.event_id,
+            outcome: outcome.clone(),
+        });
         match outcome {
             Ok(()) => {
                 if let Some(store) = outbox_store {
@@ -433,14 +448,22 @@ impl Executor {
         }
     }
 
-    fn run_other<'a, A: Send + 'static>(&'a self, effect: Effect<A>, feedback: &'a Feedback<A>, scope: &'a ExecutionScope) -> BoxFuture<'a, Result<(), EffectFailure>> {
+    fn run_other<'a, A: Send + 'static>(
+        &'a self,
+        effect: Effect<A>,
+        feedback: &'a Feedback<A>,
+        scope: &'a ExecutionScope,
+    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         async move {
             match effect {
                 Effect::None => Ok(()),
-                e @ (Effect::EventStore(EventStoreOperation::AppendEvents { .. }) | Effect::PublishEvent { .. }) => self.run_sequence(vec![e], feedback, scope).await,
+                e @ (Effect::EventStore(EventStoreOperation::AppendEvents { .. }) | Effect::PublishEvent { .. }) => {
+                    self.run_sequence(vec![e], feedback, scope).await
+                }
                 Effect::EventStore(EventStoreOperation::LoadEvents { event_store, stream_id, from_version, on_success, on_error }) => {
                     let what = || format!("load_events of {stream_id}");
-                    let (outcome, _) = self.with_retry(&what, || composable_rust_core::event_store::read_stream_to_end(&*event_store, &stream_id, from_version)).await;
+                    let (outcome, _) =
+                        self.with_retry(&what, || composable_rust_core::event_store::read_stream_to_end(&*event_store, &stream_id, from_version)).await;
                     self.finish_store_read(outcome, on_success, on_error, feedback)
                 }
                 Effect::EventStore(EventStoreOperation::LoadSnapshot { event_store, stream_id, on_success, on_error }) => {

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::event_store::read_stream_to_end;
 use composable_rust_core::{
-    AppendRequest, CodecError, EventBus, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent, StreamId, StreamIdError,
-    SubscribeOptions, Version, decode_payload, encode_payload,
+    AppendRequest, CodecError, EventBus, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent, StreamId,
+    StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -274,7 +274,8 @@ impl<S: Saga> SagaRunner<S> {
                 return Ok(StepOutcome::Duplicate);
             }
             let metadata = EventMetadata::now().with_correlation_id(input.instance_id.clone()).with_causation_id(event.event_id.to_string());
-            let payload = encode_payload(&a).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: step_id, source })?;
+            let payload =
+                encode_payload(&a).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: step_id, source })?;
             let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload, Some(metadata)).with_event_id(step_id);
             let effects = self.saga.reduce(&mut state, a, &self.env).into_vec();
             let request = AppendRequest::new(stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]);
@@ -294,7 +295,12 @@ impl<S: Saga> SagaRunner<S> {
     }
 
     fn decode(&self, event: &SerializedEvent) -> Result<Option<composable_rust_core::SagaInput<S::Action>>, SagaError> {
-        self.saga.decode(event).map_err(|source| SagaError::Undecodable { saga: S::NAME, event_type: event.event_type.clone(), event_id: event.event_id, source })
+        self.saga.decode(event).map_err(|source| SagaError::Undecodable {
+            saga: S::NAME,
+            event_type: event.event_type.clone(),
+            event_id: event.event_id,
+            source,
+        })
     }
 
     async fn replay(&self, instance_id: &str, stream: &StreamId, stop_at: Option<Uuid>) -> Result<Replayed<S::State>, SagaError> {
@@ -305,8 +311,12 @@ impl<S: Saga> SagaRunner<S> {
             if Some(record.event_id) == stop_at {
                 return Ok(Replayed { state, version, found_step: true });
             }
-            let action: S::Action =
-                decode_payload(&record.data).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: record.event_id, source })?;
+            let action: S::Action = decode_payload(&record.data).map_err(|source| SagaError::CorruptRecord {
+                saga: S::NAME,
+                stream: stream.clone(),
+                record_id: record.event_id,
+                source,
+            })?;
             // Replaying rebuilds state only; the effects were executed when the step was first handled.
             let _ = self.saga.reduce(&mut state, action, &self.env);
         }
@@ -315,7 +325,14 @@ impl<S: Saga> SagaRunner<S> {
 
     /// Executes a step's effects, then the actions they fed back (each recorded as a follow-up step
     /// with a derived id, so they too are applied once).
-    async fn execute(&self, effects: Vec<composable_rust_core::Effect<S::Action>>, step_id: Uuid, stream: &StreamId, instance_id: &str, state: &mut S::State) -> Result<(), SagaError> {
+    async fn execute(
+        &self,
+        effects: Vec<composable_rust_core::Effect<S::Action>>,
+        step_id: Uuid,
+        stream: &StreamId,
+        instance_id: &str,
+        state: &mut S::State,
+    ) -> Result<(), SagaError> {
         let fed_back: Arc<Mutex<Vec<S::Action>>> = Arc::default();
         let sink = Arc::clone(&fed_back);
         let feedback: Feedback<S::Action> = Arc::new(move |a| sink.lock().push(a));
@@ -334,7 +351,12 @@ impl<S: Saga> SagaRunner<S> {
             for action in next {
                 follow_ups += 1;
                 let follow_id = Uuid::new_v5(&step_id, &follow_ups.to_be_bytes());
-                let payload = encode_payload(&action).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: follow_id, source })?;
+                let payload = encode_payload(&action).map_err(|source| SagaError::CorruptRecord {
+                    saga: S::NAME,
+                    stream: stream.clone(),
+                    record_id: follow_id,
+                    source,
+                })?;
                 let metadata = EventMetadata::now().with_correlation_id(instance_id).with_causation_id(step_id.to_string());
                 let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload, Some(metadata)).with_event_id(follow_id);
                 let appended = self
@@ -356,7 +378,8 @@ impl<S: Saga> SagaRunner<S> {
     pub async fn spawn(self) -> Result<SagaRunnerHandle, SagaError> {
         let topics = self.saga.topics();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let stream = self.bus.subscribe_with(&refs, SubscribeOptions::group(self.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
+        let stream =
+            self.bus.subscribe_with(&refs, SubscribeOptions::group(self.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::clone(&self.stats);
         let task = tokio::spawn(self.run_loop(stream, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME)));
@@ -375,7 +398,13 @@ impl<S: Saga> SagaRunner<S> {
                 Ok(delivery) => self.handle_delivery(delivery).await,
                 Err(EventBusError::Lagged { group, missed }) => {
                     self.stats.lagged_events.fetch_add(missed, Ordering::Relaxed);
-                    dead_letter(&**self.executor.dead_letters(), format!("saga {} (group {group}) missed events", S::NAME), format!("bus lagged, {missed} events missed"), 1, None);
+                    dead_letter(
+                        &**self.executor.dead_letters(),
+                        format!("saga {} (group {group}) missed events", S::NAME),
+                        format!("bus lagged, {missed} events missed"),
+                        1,
+                        None,
+                    );
                 }
                 Err(EventBusError::Closed) => break,
                 Err(e) => {
@@ -410,7 +439,13 @@ impl<S: Saga> SagaRunner<S> {
             Err(e) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let event = delivery.event().clone();
-                dead_letter(&**self.executor.dead_letters(), format!("saga {} step for {} {}", S::NAME, event.event_type, event.event_id), e.to_string(), delivery.attempt(), Some(event));
+                dead_letter(
+                    &**self.executor.dead_letters(),
+                    format!("saga {} step for {} {}", S::NAME, event.event_type, event.event_id),
+                    e.to_string(),
+                    delivery.attempt(),
+                    Some(event),
+                );
                 delivery.ack().await
             }
         };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use composable_rust_core::{
-    AppendRequest, AppendResult, Effect, EventBus, EventBusError, EventStore, EventStoreError, EventStoreOperation, EventStream, ExpectedVersion, GlobalPosition,
-    PendingPublication, RecordedEvent, Reducer, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version, smallvec,
+    AppendRequest, AppendResult, Effect, EventBus, EventBusError, EventStore, EventStoreError, EventStoreOperation, EventStream, ExpectedVersion,
+    GlobalPosition, PendingPublication, RecordedEvent, Reducer, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version, smallvec,
 };
 use composable_rust_runtime::outbox::relay_pending;
 use composable_rust_runtime::{DeadLetterSink, Executor, InMemoryDeadLetters, RetryPolicy, Store, StoreError};

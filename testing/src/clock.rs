@@ -61,6 +61,8 @@ impl TestClock {
     /// Moves time forward by `by`, waking sleepers in deadline order and letting the woken tasks run
     /// (a sleeper they start within the window is woken too).
     pub async fn advance(&self, by: Duration) {
+        // Effects spawned just before register their sleeps only once they run.
+        settle().await;
         let target = self.inner.lock().now + chrono::Duration::from_std(by).expect("duration fits");
         loop {
             let due = {

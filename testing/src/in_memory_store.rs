@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use composable_rust_core::{
-    AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic, Version,
+    AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic,
+    Version,
 };
 use parking_lot::RwLock;
 use uuid::Uuid;
@@ -68,7 +69,10 @@ fn idempotent_retry(inner: &Inner, request: &AppendRequest) -> Result<Option<App
         if let Some(&idx) = inner.by_id.get(&e.event_id) {
             let stored = &inner.log[idx].event;
             if !stored.same_content(e) || stored.stream_id.as_ref() != Some(&request.stream_id) {
-                return Err(EventStoreError::EventIdReused { event_id: e.event_id, stream_id: stored.stream_id.clone().unwrap_or_else(|| request.stream_id.clone()) });
+                return Err(EventStoreError::EventIdReused {
+                    event_id: e.event_id,
+                    stream_id: stored.stream_id.clone().unwrap_or_else(|| request.stream_id.clone()),
+                });
             }
             found.push(idx);
         }
@@ -76,7 +80,8 @@ fn idempotent_retry(inner: &Inner, request: &AppendRequest) -> Result<Option<App
     if found.is_empty() {
         return Ok(None);
     }
-    let consecutive = found.len() == request.events.len() && found.windows(2).all(|w| inner.log[w[1]].event.stream_version == inner.log[w[0]].event.stream_version.map(Version::next));
+    let consecutive = found.len() == request.events.len()
+        && found.windows(2).all(|w| inner.log[w[1]].event.stream_version == inner.log[w[0]].event.stream_version.map(Version::next));
     if !consecutive {
         let e = &request.events[0];
         return Err(EventStoreError::EventIdReused { event_id: e.event_id, stream_id: request.stream_id.clone() });
@@ -148,7 +153,9 @@ impl EventStore for InMemoryEventStore {
         let mut inner = self.inner.write();
         let current = Version(inner.streams.get(&snapshot.stream_id).map_or(0, |v| v.len() as u64));
         if snapshot.version > current {
-            return Err(EventStoreError::InvalidRequest { reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version) });
+            return Err(EventStoreError::InvalidRequest {
+                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version),
+            });
         }
         let newer_exists = inner.snapshots.get(&snapshot.stream_id).is_some_and(|s| s.version > snapshot.version);
         if !newer_exists {

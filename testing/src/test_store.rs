@@ -71,11 +71,8 @@ where
     /// A test store on a given clock (share it with the environment if the reducer reads time).
     pub fn with_clock(initial_state: R::State, reducer: R, env: R::Environment, clock: TestClock) -> Self {
         let recorder = Arc::new(Recorder::default());
-        let executor = Executor::builder()
-            .clock(Arc::new(clock.clone()))
-            .retry(RetryPolicy::NONE)
-            .observer(Arc::clone(&recorder) as Arc<dyn EffectObserver>)
-            .build();
+        let executor =
+            Executor::builder().clock(Arc::new(clock.clone())).retry(RetryPolicy::NONE).observer(Arc::clone(&recorder) as Arc<dyn EffectObserver>).build();
         Self {
             reducer: Arc::new(reducer),
             env: Arc::new(env),
@@ -246,7 +243,11 @@ where
         if self.exhaustive {
             let queued = self.received.queue.lock();
             if !queued.is_empty() {
-                problems.push(format!("{} action(s) fed back but never received:\n{}", queued.len(), queued.iter().map(|a| format!("  {a:#?}")).collect::<Vec<_>>().join("\n")));
+                problems.push(format!(
+                    "{} action(s) fed back but never received:\n{}",
+                    queued.len(),
+                    queued.iter().map(|a| format!("  {a:#?}")).collect::<Vec<_>>().join("\n")
+                ));
             }
         }
         let running = self.in_flight.in_flight();

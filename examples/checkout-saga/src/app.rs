@@ -155,7 +155,11 @@ pub fn plan_orders(config: &Config) -> Vec<PlannedOrder> {
             let sku = if expected == Expected::OutOfStock { DISCONTINUED_SKU.to_string() } else { format!("sku-{sku_index}") };
             let unit_price = 1_000 + 250 * sku_index as u64;
             let card_token = if expected == Expected::Declined { DECLINED_CARD.to_string() } else { format!("tok_visa_{n}") };
-            PlannedOrder { order_id: format!("order-{n:06}"), line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token }, expected }
+            PlannedOrder {
+                order_id: format!("order-{n:06}"),
+                line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token },
+                expected,
+            }
         })
         .collect()
 }

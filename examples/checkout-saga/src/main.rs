@@ -52,7 +52,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" }));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let (store, bus) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>()) {
@@ -99,7 +100,10 @@ fn main() -> ExitCode {
             "  confirmed {}, cancelled {} (out of stock {}, payment declined {})",
             report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined
         );
-        println!("  events persisted {}, published {}, saga steps {}, redeliveries recognised {}", report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates);
+        println!(
+            "  events persisted {}, published {}, saga steps {}, redeliveries recognised {}",
+            report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates
+        );
         println!("  elapsed {} ms", report.elapsed_ms);
         if report.ok() {
             println!("  every checkout reached its expected final state; stock balances; no dead letters");

@@ -126,7 +126,8 @@ impl Reducer for CheckoutSaga {
                 state.step = CheckoutStep::Cancelling(CancelReason::PaymentDeclined);
                 let Some(line) = &state.line else { return smallvec![] };
                 // Compensate in order: give the stock back, then cancel the order.
-                let release = Effect::dispatch(Arc::clone(&env.inventory), InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, correlation);
+                let release =
+                    Effect::dispatch(Arc::clone(&env.inventory), InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, correlation);
                 smallvec![release, cancel(env, &id, CancelReason::PaymentDeclined)]
             }
             (CheckoutAction::OrderConfirmed(_), CheckoutStep::Confirming) => {

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use composable_rust_core::event_store::MAX_EVENT_PAYLOAD_BYTES;
 use composable_rust_core::{
-    AppendRequest, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, SerializedEvent, Snapshot, StreamId, Topic, Version,
+    AppendRequest, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, SerializedEvent, Snapshot, StreamId, Topic,
+    Version,
 };
 
 use super::unique;
@@ -19,7 +20,12 @@ fn event(n: u32) -> SerializedEvent {
     SerializedEvent::new("Counted.v1", Bytes::from(n.to_be_bytes().to_vec()), Some(EventMetadata::now().with_correlation_id("c-1").with_causation_id("cmd-1")))
 }
 
-async fn append(store: &dyn EventStore, s: &StreamId, expected: ExpectedVersion, events: Vec<SerializedEvent>) -> Result<composable_rust_core::AppendResult, EventStoreError> {
+async fn append(
+    store: &dyn EventStore,
+    s: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<SerializedEvent>,
+) -> Result<composable_rust_core::AppendResult, EventStoreError> {
     store.append(AppendRequest::new(s.clone(), expected, events)).await
 }
 
@@ -198,7 +204,9 @@ pub async fn outbox_intents_are_stored_with_the_append(store: Arc<dyn EventStore
     let mut request = AppendRequest::new(s.clone(), ExpectedVersion::NoStream, events);
     request.outbox = ids.iter().map(|id| OutboxIntent { topic: topic.clone(), event_id: *id }).collect();
     store.append(request).await.expect("append with outbox");
-    let pending = |all: Vec<composable_rust_core::PendingPublication>| -> Vec<uuid::Uuid> { all.into_iter().filter(|p| p.topic == topic).map(|p| p.event.event_id).collect() };
+    let pending = |all: Vec<composable_rust_core::PendingPublication>| -> Vec<uuid::Uuid> {
+        all.into_iter().filter(|p| p.topic == topic).map(|p| p.event.event_id).collect()
+    };
     let before = pending(store.pending_publications(10_000).await.expect("pending"));
     assert_eq!(before, ids, "both intents pending, in order");
     let listed = store.pending_publications(10_000).await.expect("pending");

@@ -137,14 +137,24 @@ impl Reducer for OrderAggregate {
             (OrderCommand::Confirm { order_id }, OrderStatus::Placed) => {
                 state.status = OrderStatus::Confirmed;
                 state.version = loaded.next();
-                persist_then_publish(env, &stream, loaded, ORDER_TOPIC, event_types::CONFIRMED, &OrderConfirmed { order_id: order_id.clone() }, &order_id).into_iter().collect()
+                persist_then_publish(env, &stream, loaded, ORDER_TOPIC, event_types::CONFIRMED, &OrderConfirmed { order_id: order_id.clone() }, &order_id)
+                    .into_iter()
+                    .collect()
             }
             (OrderCommand::Cancel { order_id, reason }, OrderStatus::Placed) => {
                 state.status = OrderStatus::Cancelled(reason);
                 state.version = loaded.next();
-                persist_then_publish(env, &stream, loaded, ORDER_TOPIC, event_types::CANCELLED, &OrderCancelled { order_id: order_id.clone(), reason }, &order_id)
-                    .into_iter()
-                    .collect()
+                persist_then_publish(
+                    env,
+                    &stream,
+                    loaded,
+                    ORDER_TOPIC,
+                    event_types::CANCELLED,
+                    &OrderCancelled { order_id: order_id.clone(), reason },
+                    &order_id,
+                )
+                .into_iter()
+                .collect()
             }
             (command, status) => {
                 // Commands that do not fit the status (a duplicate place, a late cancel) change nothing.

@@ -1,0 +1,40 @@
+//! The binary, end to end: every checkout reaches its expected final state.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_checkout-saga")).args(args).output().expect("run checkout-saga");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_thousand_orders_with_declines_and_out_of_stock_all_finish() {
+    let (ok, stdout, stderr) = run(&["--orders", "1000", "--decline-every", "7", "--out-of-stock-every", "11", "--json"]);
+    assert!(ok, "exit status not 0\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // 1000 orders: every 11th is out of stock (90), every 7th of the rest is declined (143 - 13 = 130).
+    assert_eq!(report["orders"], 1000);
+    assert_eq!(report["cancelled_out_of_stock"], 90);
+    assert_eq!(report["cancelled_payment_declined"], 130);
+    assert_eq!(report["confirmed"], 780);
+    assert_eq!(report["cancelled"], 220);
+    assert!(report["events_published"].as_u64().unwrap() > 3000);
+    assert!(report["events_persisted"].as_u64().unwrap() > report["events_published"].as_u64().unwrap(), "saga steps are persisted too");
+    assert!(report["elapsed_ms"].is_u64());
+    assert_eq!(report["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn the_default_run_prints_a_summary() {
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("300 orders"), "{stdout}");
+    assert!(stdout.contains("every checkout reached its expected final state"), "{stdout}");
+}
+
+#[test]
+fn an_unsupported_backend_is_a_clear_error() {
+    let (ok, _, stderr) = run(&["--store", "postgres://localhost/db"]);
+    assert!(!ok);
+    assert!(stderr.contains("unsupported --store"), "{stderr}");
+}

@@ -1,0 +1,159 @@
+//! TestStore: exhaustive state assertions, received actions, virtual time, and failures that explain
+//! themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use composable_rust_core::{Effect, EventBus, EventStore, EventStoreOperation, ExpectedVersion, Reducer, SerializedEvent, StreamId, smallvec};
+use composable_rust_runtime::EffectRecord;
+use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore, TestStore};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Search {
+    query: String,
+    results: Vec<String>,
+    searching: bool,
+    saved: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Action {
+    Type(String),
+    Search,
+    Results(Vec<String>),
+    Save,
+    Saved(u64),
+    Cancel,
+}
+
+struct Env {
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+}
+
+struct SearchReducer;
+
+impl Reducer for SearchReducer {
+    type State = Search;
+    type Action = Action;
+    type Environment = Env;
+
+    fn reduce(&self, state: &mut Search, action: Action, env: &Env) -> composable_rust_core::Effects<Action> {
+        match action {
+            Action::Type(q) => {
+                state.query = q;
+                // Debounce: each keystroke restarts a 300 ms timer.
+                smallvec![Effect::delay(Duration::from_millis(300), Action::Search).cancellable("debounce", true)]
+            }
+            Action::Search => {
+                state.searching = true;
+                let q = state.query.clone();
+                smallvec![Effect::run(async move { Some(Action::Results(vec![format!("{q}-1"), format!("{q}-2")])) })]
+            }
+            Action::Results(r) => {
+                state.searching = false;
+                state.results = r;
+                smallvec![]
+            }
+            Action::Save => {
+                let event = SerializedEvent::new("SearchSaved.v1", state.query.clone().into_bytes(), None);
+                smallvec![
+                    Effect::EventStore(EventStoreOperation::AppendEvents {
+                        event_store: Arc::clone(&env.store),
+                        stream_id: StreamId::new("search-1").unwrap(),
+                        expected_version: ExpectedVersion::Any,
+                        events: vec![event.clone()],
+                        on_success: Some(Box::new(|r| Action::Saved(r.next_expected_version.0))),
+                        on_error: None,
+                    }),
+                    Effect::publish(Arc::clone(&env.bus), "search.events", event),
+                ]
+            }
+            Action::Saved(v) => {
+                state.saved = u32::try_from(v).unwrap_or(u32::MAX);
+                smallvec![]
+            }
+            Action::Cancel => smallvec![Effect::cancel("debounce")],
+        }
+    }
+}
+
+fn store() -> TestStore<SearchReducer> {
+    TestStore::new(Search::default(), SearchReducer, Env { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) })
+}
+
+#[tokio::test]
+async fn debounced_search_runs_on_virtual_time() {
+    let mut s = store();
+    s.send(Action::Type("ru".into()), |st| st.query = "ru".into());
+    s.advance(Duration::from_millis(200)).await;
+    s.send(Action::Type("rust".into()), |st| st.query = "rust".into());
+    s.advance(Duration::from_millis(200)).await;
+    // 400 ms after the first keystroke, but only 200 ms after the last: nothing yet.
+    s.advance(Duration::from_millis(100)).await;
+    s.receive(Action::Search, |st| st.searching = true).await;
+    s.receive(Action::Results(vec!["rust-1".into(), "rust-2".into()]), |st| {
+        st.searching = false;
+        st.results = vec!["rust-1".into(), "rust-2".into()];
+    })
+    .await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn store_and_bus_effects_are_recorded() {
+    let mut s = store();
+    s.send(Action::Type("x".into()), |st| st.query = "x".into());
+    s.send(Action::Cancel, |_| {});
+    s.send(Action::Save, |_| {});
+    s.receive(Action::Saved(1), |st| st.saved = 1).await;
+    s.settle().await;
+    let log = s.effect_log();
+    assert!(
+        matches!(&log[0], EffectRecord::Append { stream_id, outcome: Ok(_), outbox, .. } if stream_id.as_str() == "search-1" && outbox.len() == 1),
+        "{log:?}"
+    );
+    assert_eq!(s.published(), vec![("search.events".to_string(), "SearchSaved.v1".to_string())]);
+    s.finish().await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "state differs from the expected state")]
+async fn a_wrong_state_expectation_fails_with_a_diff() {
+    let mut s = store();
+    s.send(Action::Results(vec!["a".into()]), |st| st.results = vec!["b".into()]);
+}
+
+#[tokio::test]
+#[should_panic(expected = "the next action fed back differs")]
+async fn receiving_the_wrong_action_fails() {
+    let mut s = store();
+    s.send(Action::Search, |st| st.searching = true);
+    s.receive(Action::Results(vec![]), |_| {}).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "effect(s) still running (1 waiting on the TestClock)")]
+async fn ending_with_an_unfinished_delay_fails() {
+    let mut s = store();
+    s.send(Action::Type("r".into()), |st| st.query = "r".into());
+    s.finish().await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "fed back but never received")]
+async fn ending_with_unreceived_actions_fails() {
+    let mut s = store();
+    s.send(Action::Search, |st| st.searching = true);
+    s.settle().await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn non_exhaustive_mode_allows_unreceived_actions() {
+    let mut s = store().non_exhaustive();
+    s.send(Action::Search, |st| st.searching = true);
+    s.settle().await;
+    s.send(Action::Cancel, |_| {});
+    s.finish().await;
+}
