@@ -64,21 +64,21 @@ where
     /// Loads instance `id` from its snapshot and stream. `handled_command` is the id whose prior
     /// handling should be detected.
     pub async fn load(&self, id: &str, handled_command: Option<&str>) -> Result<Loaded<A::State>, DispatchError> {
-        let stream = Self::stream_id(id).map_err(|e| self.invalid(e.to_string()))?;
+        let stream = Self::stream_id(id).map_err(|e| Self::invalid(e.to_string()))?;
         let mut state = self.aggregate.initial_state(id);
         let mut version = Version::INITIAL;
         let mut snapshot_version = None;
         if self.aggregate.snapshot(&state).is_some() {
-            if let Some(snap) = self.store.load_snapshot(&stream).await.map_err(|e| self.store_error(e))? {
-                state = self.aggregate.restore(&snap.state, snap.version).map_err(|e| self.corrupt(&stream, &e))?;
+            if let Some(snap) = self.store.load_snapshot(&stream).await.map_err(|e| Self::store_error(e))? {
+                state = self.aggregate.restore(&snap.state, snap.version).map_err(|e| Self::corrupt(&stream, &e))?;
                 version = snap.version;
                 snapshot_version = Some(snap.version);
             }
         }
-        let events = read_stream_to_end(&*self.store, &stream, version.next()).await.map_err(|e| self.store_error(e))?;
+        let events = read_stream_to_end(&*self.store, &stream, version.next()).await.map_err(|e| Self::store_error(e))?;
         let mut already_handled = false;
         for event in &events {
-            self.aggregate.apply(&mut state, event).map_err(|e| self.corrupt(&stream, &e))?;
+            self.aggregate.apply(&mut state, event).map_err(|e| Self::corrupt(&stream, &e))?;
             version = event.stream_version.unwrap_or(version.next());
             if handled_command.is_some() && event.metadata.causation_id.as_deref() == handled_command {
                 already_handled = true;
@@ -87,26 +87,26 @@ where
         Ok(Loaded { state, version, snapshot_version, already_handled })
     }
 
-    fn name(&self) -> String {
+    fn target() -> String {
         A::AGGREGATE_TYPE.to_string()
     }
 
-    fn invalid(&self, reason: String) -> DispatchError {
-        DispatchError::InvalidCommand { target: self.name(), reason }
+    fn invalid(reason: String) -> DispatchError {
+        DispatchError::InvalidCommand { target: Self::target(), reason }
     }
 
-    fn store_error(&self, source: composable_rust_core::EventStoreError) -> DispatchError {
-        DispatchError::Store { target: self.name(), source }
+    fn store_error(source: composable_rust_core::EventStoreError) -> DispatchError {
+        DispatchError::Store { target: Self::target(), source }
     }
 
-    fn corrupt(&self, stream: &StreamId, e: &composable_rust_core::CodecError) -> DispatchError {
-        self.store_error(composable_rust_core::EventStoreError::Corrupt { reason: format!("stream {stream}: {e}") })
+    fn corrupt(stream: &StreamId, e: &composable_rust_core::CodecError) -> DispatchError {
+        Self::store_error(composable_rust_core::EventStoreError::Corrupt { reason: format!("stream {stream}: {e}") })
     }
 
-    fn map_failure(&self, failure: EffectFailure) -> DispatchError {
+    fn map_failure(failure: EffectFailure) -> DispatchError {
         match failure {
-            EffectFailure::Store(source) => DispatchError::Store { target: self.name(), source },
-            EffectFailure::Bus(source) => DispatchError::Bus { target: self.name(), source },
+            EffectFailure::Store(source) => DispatchError::Store { target: Self::target(), source },
+            EffectFailure::Bus(source) => DispatchError::Bus { target: Self::target(), source },
             EffectFailure::Dispatch(e) => e,
         }
     }
@@ -170,10 +170,10 @@ where
                     return Ok(CommandOutcome::Handled);
                 }
                 Err(f) if f.is_conflict() => tracing::debug!(attempt, "concurrency conflict, reloading"),
-                Err(f) => return Err(self.map_failure(f)),
+                Err(f) => return Err(Self::map_failure(f)),
             }
         }
-        Err(DispatchError::TooManyConflicts { target: self.name(), stream: format!("{}-{id}", A::AGGREGATE_TYPE), attempts: self.max_attempts })
+        Err(DispatchError::TooManyConflicts { target: Self::target(), stream: format!("{}-{id}", A::AGGREGATE_TYPE), attempts: self.max_attempts })
     }
 }
 
@@ -208,7 +208,7 @@ where
 
     async fn handle(&self, envelope: &CommandEnvelope) -> Result<CommandOutcome, DispatchError> {
         let command = envelope.command.downcast_ref::<A::Action>().ok_or_else(|| DispatchError::WrongCommandType {
-            target: self.name(),
+            target: Self::target(),
             expected: std::any::type_name::<A::Action>(),
             got: envelope.command.type_name(),
         })?;

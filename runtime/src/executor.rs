@@ -464,12 +464,12 @@ impl Executor {
                     let what = || format!("load_events of {stream_id}");
                     let (outcome, _) =
                         self.with_retry(&what, || composable_rust_core::event_store::read_stream_to_end(&*event_store, &stream_id, from_version)).await;
-                    self.finish_store_read(outcome, on_success, on_error, feedback)
+                    Self::finish_store_read(outcome, on_success, on_error, feedback)
                 }
                 Effect::EventStore(EventStoreOperation::LoadSnapshot { event_store, stream_id, on_success, on_error }) => {
                     let what = || format!("load_snapshot of {stream_id}");
                     let (outcome, _) = self.with_retry(&what, || event_store.load_snapshot(&stream_id)).await;
-                    self.finish_store_read(outcome, on_success, on_error, feedback)
+                    Self::finish_store_read(outcome, on_success, on_error, feedback)
                 }
                 Effect::EventStore(EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error }) => {
                     let what = || format!("save_snapshot of {}", snapshot.stream_id);
@@ -539,7 +539,6 @@ impl Executor {
     }
 
     fn finish_store_read<T, A>(
-        &self,
         outcome: Result<T, EventStoreError>,
         on_success: composable_rust_core::Callback<T, A>,
         on_error: Option<composable_rust_core::Callback<EventStoreError, A>>,

@@ -68,16 +68,13 @@ impl TestClock {
             let due = {
                 let mut inner = self.inner.lock();
                 let next = inner.sleepers.iter().enumerate().filter(|(_, s)| s.deadline <= target).min_by_key(|(_, s)| (s.deadline, s.seq)).map(|(i, _)| i);
-                match next {
-                    Some(i) => {
-                        let sleeper = inner.sleepers.swap_remove(i);
-                        inner.now = inner.now.max(sleeper.deadline);
-                        Some(sleeper)
-                    }
-                    None => {
-                        inner.now = target;
-                        None
-                    }
+                if let Some(i) = next {
+                    let sleeper = inner.sleepers.swap_remove(i);
+                    inner.now = inner.now.max(sleeper.deadline);
+                    Some(sleeper)
+                } else {
+                    inner.now = target;
+                    None
                 }
             };
             let Some(sleeper) = due else { break };

@@ -108,7 +108,10 @@ pub struct InMemoryEventBus {
 
 impl std::fmt::Debug for InMemoryEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryEventBus").field("subscribers", &self.sender.receiver_count()).field("published", &self.stats.published()).finish()
+        f.debug_struct("InMemoryEventBus")
+            .field("subscribers", &self.sender.receiver_count())
+            .field("published", &self.stats.published())
+            .finish_non_exhaustive()
     }
 }
 

@@ -204,38 +204,61 @@ fn envelope<C: std::any::Any + Send + Sync + std::fmt::Debug>(command: C, correl
     CommandEnvelope { command_id: Uuid::new_v4(), correlation_id: Some(correlation.to_string()), causation_id: None, command: AnyCommand::new(command) }
 }
 
+/// Everything the scenario runs on.
+struct Wiring {
+    store: Arc<InMemoryEventStore>,
+    bus: Arc<InMemoryEventBus>,
+    dyn_store: Arc<dyn EventStore>,
+    dyn_bus: Arc<dyn EventBus>,
+    dead_letters: Arc<InMemoryDeadLetters>,
+    executor: Executor,
+    orders: Arc<AggregateHandler<OrderAggregate>>,
+    inventory: Arc<AggregateHandler<InventoryAggregate>>,
+    payments: Arc<AggregateHandler<PaymentAggregate>>,
+    saga_env: CheckoutEnv,
+}
+
+impl Wiring {
+    fn new(config: &Config) -> Self {
+        let store = match config.store {
+            StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
+        };
+        let bus = match config.bus {
+            // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
+            BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
+        };
+        let dyn_store: Arc<dyn EventStore> = store.clone();
+        let dyn_bus: Arc<dyn EventBus> = bus.clone();
+        let dead_letters = Arc::new(InMemoryDeadLetters::default());
+        let executor = Executor::builder().dead_letters(Arc::clone(&dead_letters) as Arc<dyn DeadLetterSink>).build();
+        let domain = DomainEnv { store: Arc::clone(&dyn_store), bus: Arc::clone(&dyn_bus) };
+        let orders = Arc::new(AggregateHandler::new(OrderAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
+        let inventory = Arc::new(AggregateHandler::new(InventoryAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
+        let payments = Arc::new(AggregateHandler::new(PaymentAggregate, domain, Arc::clone(&dyn_store), executor.clone()));
+        let saga_env = CheckoutEnv {
+            orders: Arc::clone(&orders) as Arc<dyn CommandHandler>,
+            inventory: Arc::clone(&inventory) as Arc<dyn CommandHandler>,
+            payments: Arc::clone(&payments) as Arc<dyn CommandHandler>,
+        };
+        Self { store, bus, dyn_store, dyn_bus, dead_letters, executor, orders, inventory, payments, saga_env }
+    }
+
+    fn saga_runner(&self) -> SagaRunner<CheckoutSaga> {
+        SagaRunner::new(CheckoutSaga, self.saga_env.clone(), Arc::clone(&self.dyn_store), Arc::clone(&self.dyn_bus), self.executor.clone())
+    }
+}
+
 /// Runs the scenario.
 pub async fn run(config: &Config) -> Result<Report, AppError> {
-    let store = match config.store {
-        StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
-    };
-    let bus = match config.bus {
-        // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
-        BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
-    };
-    let dyn_store: Arc<dyn EventStore> = store.clone();
-    let dyn_bus: Arc<dyn EventBus> = bus.clone();
-    let dead_letters = Arc::new(InMemoryDeadLetters::default());
-    let executor = Executor::builder().dead_letters(Arc::clone(&dead_letters) as Arc<dyn DeadLetterSink>).build();
-    let domain = DomainEnv { store: Arc::clone(&dyn_store), bus: Arc::clone(&dyn_bus) };
-    let orders = Arc::new(AggregateHandler::new(OrderAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
-    let inventory = Arc::new(AggregateHandler::new(InventoryAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
-    let payments = Arc::new(AggregateHandler::new(PaymentAggregate, domain.clone(), Arc::clone(&dyn_store), executor.clone()));
-    let saga_env = CheckoutEnv {
-        orders: Arc::clone(&orders) as Arc<dyn CommandHandler>,
-        inventory: Arc::clone(&inventory) as Arc<dyn CommandHandler>,
-        payments: Arc::clone(&payments) as Arc<dyn CommandHandler>,
-    };
-
+    let w = Wiring::new(config);
     let plan = plan_orders(config);
     let started = Instant::now();
 
     // Watch order outcomes from the bus to know when every checkout is done.
-    let mut outcomes = dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
+    let mut outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
     let mut workers = Vec::new();
     for _ in 0..config.workers.max(1) {
-        let runner = SagaRunner::new(CheckoutSaga, saga_env.clone(), Arc::clone(&dyn_store), Arc::clone(&dyn_bus), executor.clone());
-        workers.push(runner.spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
     }
 
     // Stock every SKU with exactly what the orders need plus a margin, so only the discontinued SKU runs out.
@@ -244,7 +267,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         *demand.entry(o.line.sku.clone()).or_default() += o.line.quantity;
     }
     for (sku, quantity) in &demand {
-        inventory
+        w.inventory
             .handle(&envelope(InventoryCommand::Restock { sku: sku.clone(), quantity: quantity + 5 }, sku))
             .await
             .map_err(|e| AppError::Setup(format!("restocking {sku}: {e}")))?;
@@ -252,7 +275,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
 
     let placed = futures::stream::iter(plan.iter())
         .map(|o| {
-            let orders = Arc::clone(&orders);
+            let orders = Arc::clone(&w.orders);
             async move { orders.handle(&envelope(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }, &o.order_id)).await }
         })
         .buffer_unordered(config.concurrency.max(1))
@@ -266,16 +289,15 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         problems.push(format!("{} of {} orders did not reach a final state within {:?}", plan.len() - finished, plan.len(), config.timeout));
     }
     // The order's final event is also the saga's last step: wait for the workers to record it.
-    let checker = SagaRunner::new(CheckoutSaga, saga_env.clone(), Arc::clone(&dyn_store), Arc::clone(&dyn_bus), executor.clone());
+    let checker = w.saga_runner();
     let unfinished_sagas = wait_for_sagas(&checker, &plan, deadline).await?;
     let elapsed_ms = started.elapsed().as_millis();
     if unfinished_sagas > 0 {
         problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
     }
-    let mut saga_steps = 0;
-    let mut saga_duplicates = 0;
-    for w in workers {
-        let stats = w.shutdown().await;
+    let (mut saga_steps, mut saga_duplicates) = (0, 0);
+    for worker in workers {
+        let stats = worker.shutdown().await;
         saga_steps += stats.applied;
         saga_duplicates += stats.duplicates;
         if stats.lagged_events > 0 {
@@ -283,17 +305,45 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         }
     }
 
-    let mut confirmed = 0;
-    let mut out_of_stock = 0;
-    let mut declined = 0;
-    for o in &plan {
-        let order = orders.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
-        let payment = payments.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+    let tally = verify_orders(&w, &checker, &plan, &mut problems).await?;
+    problems.extend(check_stock(&plan, &demand, &w.inventory).await?);
+    if w.dead_letters.total() > 0 {
+        problems.push(format!("{} dead letters, first: {:?}", w.dead_letters.total(), w.dead_letters.letters().first()));
+    }
+    Ok(Report {
+        orders: plan.len(),
+        confirmed: tally.confirmed,
+        cancelled: tally.out_of_stock + tally.declined,
+        cancelled_out_of_stock: tally.out_of_stock,
+        cancelled_payment_declined: tally.declined,
+        events_persisted: w.store.event_count(),
+        events_published: w.bus.stats().published(),
+        elapsed_ms,
+        saga_steps,
+        saga_duplicates,
+        dead_letters: w.dead_letters.total(),
+        problems,
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    confirmed: usize,
+    out_of_stock: usize,
+    declined: usize,
+}
+
+/// Loads every order, payment and saga instance from the store and checks each ended as planned.
+async fn verify_orders(w: &Wiring, checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder], problems: &mut Vec<String>) -> Result<Tally, AppError> {
+    let mut tally = Tally::default();
+    for o in plan {
+        let order = w.orders.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+        let payment = w.payments.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
         let saga = checker.load_instance(&o.order_id).await.map_err(|e| AppError::Setup(e.to_string()))?;
         match order.status {
-            OrderStatus::Confirmed => confirmed += 1,
-            OrderStatus::Cancelled(CancelReason::OutOfStock) => out_of_stock += 1,
-            OrderStatus::Cancelled(CancelReason::PaymentDeclined) => declined += 1,
+            OrderStatus::Confirmed => tally.confirmed += 1,
+            OrderStatus::Cancelled(CancelReason::OutOfStock) => tally.out_of_stock += 1,
+            OrderStatus::Cancelled(CancelReason::PaymentDeclined) => tally.declined += 1,
             _ => {}
         }
         let consistent = match o.expected {
@@ -319,25 +369,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
             problems.push(format!("{}: expected {:?}, order {:?}, payment {:?}, saga {:?}", o.order_id, o.expected, order.status, payment.status, saga.step));
         }
     }
-
-    problems.extend(check_stock(&plan, &demand, &inventory).await?);
-    if dead_letters.total() > 0 {
-        problems.push(format!("{} dead letters, first: {:?}", dead_letters.total(), dead_letters.letters().first()));
-    }
-    Ok(Report {
-        orders: plan.len(),
-        confirmed,
-        cancelled: out_of_stock + declined,
-        cancelled_out_of_stock: out_of_stock,
-        cancelled_payment_declined: declined,
-        events_persisted: store.event_count(),
-        events_published: bus.stats().published(),
-        elapsed_ms,
-        saga_steps,
-        saga_duplicates,
-        dead_letters: dead_letters.total(),
-        problems,
-    })
+    Ok(tally)
 }
 
 /// Polls each checkout's saga instance (rebuilt from its stream) until it is complete or the deadline

@@ -19,13 +19,15 @@ fn line(card: &str) -> OrderLine {
 }
 
 /// `(stream, expected version, event types)` of the appends, and `(topic, event type)` of the publishes.
-fn io(log: &[EffectRecord]) -> (Vec<(String, ExpectedVersion, Vec<String>)>, Vec<(String, String)>) {
+type AppendSeen = (String, ExpectedVersion, Vec<String>);
+
+fn io(log: &[EffectRecord]) -> (Vec<AppendSeen>, Vec<(String, String)>) {
     let mut appends = Vec::new();
     let mut publishes = Vec::new();
     for r in log {
         match r {
             EffectRecord::Append { stream_id, expected_version, event_types, outcome: Ok(_), .. } => {
-                appends.push((stream_id.to_string(), *expected_version, event_types.clone()))
+                appends.push((stream_id.to_string(), *expected_version, event_types.clone()));
             }
             EffectRecord::Publish { topic, event_type, outcome: Ok(()), .. } => publishes.push((topic.clone(), event_type.clone())),
             other => panic!("unexpected effect record {other:?}"),

@@ -49,7 +49,7 @@ async fn next(stream: &mut EventStream, caps: &BusCapabilities, what: &str) -> D
         Ok(Some(Ok(d))) => d,
         Ok(Some(Err(e))) => panic!("{what}: stream yielded an error: {e}"),
         Ok(None) => panic!("{what}: stream ended"),
-        Err(_) => panic!("{what}: nothing delivered within {:?}", caps.receive_timeout),
+        Err(elapsed) => panic!("{what}: nothing delivered within {:?} ({elapsed})", caps.receive_timeout),
     }
 }
 
@@ -115,11 +115,11 @@ pub async fn patterns_select_topics(bus: Arc<dyn EventBus>, caps: BusCapabilitie
     settle(&caps).await;
     let matching = [format!("{root}.order.events"), format!("{root}.audit.x"), format!("{root}.audit.x.y")];
     let not_matching = [format!("{root}.order.events.extra"), format!("{root}.events"), format!("{root}.audit")];
-    for (i, t) in not_matching.iter().enumerate() {
-        bus.publish(t, &event(100 + i as u32)).await.expect("publish");
+    for (i, t) in (100u32..).zip(&not_matching) {
+        bus.publish(t, &event(i)).await.expect("publish");
     }
-    for (i, t) in matching.iter().enumerate() {
-        bus.publish(t, &event(i as u32)).await.expect("publish");
+    for (i, t) in (0u32..).zip(&matching) {
+        bus.publish(t, &event(i)).await.expect("publish");
     }
     let mut got = HashSet::new();
     for _ in 0..matching.len() {

@@ -128,7 +128,7 @@ impl Reducer for OrderAggregate {
         match (command, &state.status) {
             (OrderCommand::Place { order_id, line }, OrderStatus::New) => {
                 let event = OrderPlaced { order_id: order_id.clone(), line: line.clone() };
-                state.id = order_id.clone();
+                state.id.clone_from(&order_id);
                 state.status = OrderStatus::Placed;
                 state.line = Some(line);
                 state.version = loaded.next();

@@ -89,7 +89,7 @@ impl Reducer for PaymentAggregate {
             return smallvec![];
         }
         let loaded = state.version;
-        state.order_id = order_id.clone();
+        state.order_id.clone_from(&order_id);
         state.version = loaded.next();
         if card_token == DECLINED_CARD {
             state.status = PaymentStatus::Declined;
