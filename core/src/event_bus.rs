@@ -8,9 +8,10 @@
 //!   of its patterns, in publish order per topic for a single publisher;
 //! - subscribers sharing a consumer group share the work (each event goes to one member); different
 //!   groups each get every event;
-//! - a [`Delivery`] that is negatively acknowledged (or dropped unacknowledged) is delivered again
-//!   (at-least-once), on buses that support redelivery; durable buses commit progress only on
-//!   [`Delivery::ack`];
+//! - in a named consumer group, a [`Delivery`] that is negatively acknowledged is delivered again
+//!   (at-least-once); durable buses commit progress only on [`Delivery::ack`], so what was not
+//!   acknowledged before a crash is delivered again after it. Exclusive subscribers of in-process
+//!   buses are live listeners: `ack` is a no-op and `nack` is refused;
 //! - events a subscriber could not receive (a lagging in-memory subscriber) are reported as an
 //!   [`EventBusError::Lagged`] item on the stream, never silently skipped.
 
@@ -79,6 +80,11 @@ pub enum EventBusError {
         /// Why.
         reason: String,
     },
+    /// `nack` on a delivery that cannot be redelivered (a live, exclusive listener).
+    #[error(
+        "this delivery cannot be redelivered: it came from a listen-only (exclusive) subscription; subscribe with a named consumer group for at-least-once handling"
+    )]
+    RedeliveryUnsupported,
     /// The bus was shut down.
     #[error("event bus is closed")]
     Closed,
@@ -138,6 +144,16 @@ pub fn default_group_name(patterns: &[&str]) -> String {
     format!("composable-rust-{}", sorted.join("-"))
 }
 
+/// A published event with its topic: what a bus hands to subscribers. Shared (`Arc`) between all
+/// subscribers of an in-process bus, so fan-out copies neither the payload nor the metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// The event.
+    pub event: SerializedEvent,
+}
+
 /// The acknowledgement side of one delivery, implemented by each bus.
 pub trait DeliveryAck: Send + 'static {
     /// The consumer handled the delivery: the bus may commit it.
@@ -149,60 +165,67 @@ pub trait DeliveryAck: Send + 'static {
 /// Acknowledgement shared by all deliveries of one subscription: cheaper than a box per delivery
 /// for in-process buses.
 pub trait SharedAck: Send + Sync + 'static {
-    /// The consumer handled `event`.
-    fn ack(&self, topic: &Topic, event: &Arc<SerializedEvent>) -> Result<(), EventBusError>;
-    /// Deliver `event` again; `attempt` is the attempt that failed.
-    fn nack(&self, topic: Topic, event: Arc<SerializedEvent>, attempt: u32) -> Result<(), EventBusError>;
+    /// The consumer handled `message`.
+    fn ack(&self, message: &Arc<BusMessage>) -> Result<(), EventBusError>;
+    /// Deliver `message` again; `attempt` is the attempt that failed.
+    fn nack(&self, message: Arc<BusMessage>, attempt: u32) -> Result<(), EventBusError>;
 }
 
 enum Acker {
-    /// Nothing to commit.
-    Nothing,
+    /// A live listener: nothing to commit, nothing to redeliver from.
+    ListenOnly,
     Bus(Box<dyn DeliveryAck>),
     Shared(Arc<dyn SharedAck>),
 }
 
-/// One event delivered to a subscriber. Call [`Delivery::ack`] after handling it; dropping it
-/// unacknowledged lets the bus deliver it again (where supported).
+/// One event delivered to a subscriber. Call [`Delivery::ack`] after handling it, or
+/// [`Delivery::nack`] to have it delivered again. Dropping it unacknowledged commits nothing: a
+/// durable bus delivers it again after a restart or rebalance.
 pub struct Delivery {
-    topic: Topic,
-    event: Arc<SerializedEvent>,
+    message: Arc<BusMessage>,
     attempt: u32,
     acker: Acker,
 }
 
 impl Delivery {
-    /// A delivery that needs no acknowledgement.
-    pub fn unacknowledged(topic: Topic, event: Arc<SerializedEvent>) -> Self {
-        Self { topic, event, attempt: 1, acker: Acker::Nothing }
+    /// A delivery to a live listener (an exclusive subscriber of an in-process bus): `ack` does
+    /// nothing and `nack` is refused with [`EventBusError::RedeliveryUnsupported`].
+    #[inline]
+    pub fn listen_only(message: Arc<BusMessage>) -> Self {
+        Self { message, attempt: 1, acker: Acker::ListenOnly }
     }
 
     /// A delivery acknowledged through `ack`; `attempt` is 1 for a first delivery.
-    pub fn with_ack(topic: Topic, event: Arc<SerializedEvent>, attempt: u32, ack: Box<dyn DeliveryAck>) -> Self {
-        Self { topic, event, attempt, acker: Acker::Bus(ack) }
+    pub fn with_ack(message: Arc<BusMessage>, attempt: u32, ack: Box<dyn DeliveryAck>) -> Self {
+        Self { message, attempt, acker: Acker::Bus(ack) }
     }
 
     /// A delivery acknowledged through a handle shared by the subscription.
-    pub fn with_shared_ack(topic: Topic, event: Arc<SerializedEvent>, attempt: u32, ack: Arc<dyn SharedAck>) -> Self {
-        Self { topic, event, attempt, acker: Acker::Shared(ack) }
+    #[inline]
+    pub fn with_shared_ack(message: Arc<BusMessage>, attempt: u32, ack: Arc<dyn SharedAck>) -> Self {
+        Self { message, attempt, acker: Acker::Shared(ack) }
     }
 
     /// The topic it was published to.
+    #[inline]
     pub fn topic(&self) -> &Topic {
-        &self.topic
+        &self.message.topic
     }
 
     /// The event (shared with other subscribers; not copied).
+    #[inline]
     pub fn event(&self) -> &SerializedEvent {
-        &self.event
+        &self.message.event
     }
 
-    /// A shared handle on the event.
-    pub fn shared_event(&self) -> Arc<SerializedEvent> {
-        Arc::clone(&self.event)
+    /// The shared message (topic and event).
+    #[inline]
+    pub fn message(&self) -> &Arc<BusMessage> {
+        &self.message
     }
 
     /// 1 for the first delivery, more for redeliveries (as far as the bus knows).
+    #[inline]
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -210,25 +233,29 @@ impl Delivery {
     /// Acknowledges: the bus may forget (commit) this delivery.
     pub async fn ack(self) -> Result<(), EventBusError> {
         match self.acker {
-            Acker::Nothing => Ok(()),
+            Acker::ListenOnly => Ok(()),
             Acker::Bus(a) => a.ack().await,
-            Acker::Shared(a) => a.ack(&self.topic, &self.event),
+            Acker::Shared(a) => a.ack(&self.message),
         }
     }
 
     /// Negative acknowledgement: ask for redelivery.
     pub async fn nack(self) -> Result<(), EventBusError> {
         match self.acker {
-            Acker::Nothing => Ok(()),
+            Acker::ListenOnly => Err(EventBusError::RedeliveryUnsupported),
             Acker::Bus(a) => a.nack().await,
-            Acker::Shared(a) => a.nack(self.topic, self.event, self.attempt),
+            Acker::Shared(a) => a.nack(self.message, self.attempt),
         }
     }
 }
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery").field("topic", &self.topic).field("event", &self.event).field("attempt", &self.attempt).finish_non_exhaustive()
+        f.debug_struct("Delivery")
+            .field("topic", &self.message.topic)
+            .field("event", &self.message.event)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
     }
 }
 

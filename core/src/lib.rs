@@ -30,7 +30,7 @@ pub use clock::Clock;
 pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError};
 pub use effect::{Callback, Effect, EffectId, EventStoreOperation};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
-pub use event_bus::{ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
+pub use event_bus::{BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
 pub use event_store::{AppendRequest, AppendResult, EventStore, EventStoreError, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot};
 pub use reducer::{Effects, Reducer};
 pub use saga::{Saga, SagaInput};

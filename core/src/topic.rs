@@ -77,9 +77,19 @@ fn check_literal_segment(whole: &str, seg: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+const INLINE_TOPIC: usize = 30;
+
+/// Short topics (the common case) are stored inline: creating one for every publish then costs
+/// neither an allocation nor an atomic reference count.
+#[derive(Clone)]
+enum TopicRepr {
+    Inline { len: u8, bytes: [u8; INLINE_TOPIC] },
+    Shared(Arc<str>),
+}
+
 /// A validated, concrete topic name (no wildcards). Cheap to clone.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Topic(Arc<str>);
+#[derive(Clone)]
+pub struct Topic(TopicRepr);
 
 impl Topic {
     /// Validates a concrete topic.
@@ -88,24 +98,70 @@ impl Topic {
         for seg in topic.split('.') {
             check_literal_segment(topic, seg)?;
         }
-        Ok(Self(topic.into()))
+        if topic.len() <= INLINE_TOPIC {
+            let mut bytes = [0u8; INLINE_TOPIC];
+            bytes[..topic.len()].copy_from_slice(topic.as_bytes());
+            #[allow(clippy::cast_possible_truncation)] // at most INLINE_TOPIC
+            return Ok(Self(TopicRepr::Inline { len: topic.len() as u8, bytes }));
+        }
+        Ok(Self(TopicRepr::Shared(topic.into())))
+    }
+
+    /// The topic's bytes (ASCII).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            TopicRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            TopicRepr::Shared(s) => s.as_bytes(),
+        }
     }
 
     /// The topic as a string.
+    #[inline]
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Validated ASCII on construction, so this never fails.
+            TopicRepr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            TopicRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Topic {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Topic {}
+
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Topic {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Topic {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Topic({:?})", &*self.0)
+        write!(f, "Topic({:?})", self.as_str())
     }
 }
 
@@ -125,6 +181,7 @@ pub enum PatternSegment {
 pub struct TopicPattern {
     raw: Arc<str>,
     segments: Arc<[PatternSegment]>,
+    exact: bool,
 }
 
 impl TopicPattern {
@@ -147,7 +204,8 @@ impl TopicPattern {
                 }
             });
         }
-        Ok(Self { raw: pattern.into(), segments: segments.into() })
+        let exact = segments.iter().all(|s| matches!(s, PatternSegment::Literal(_)));
+        Ok(Self { raw: pattern.into(), segments: segments.into(), exact })
     }
 
     /// The pattern as written.
@@ -161,13 +219,24 @@ impl TopicPattern {
     }
 
     /// Whether the pattern has no wildcard (it names exactly one topic).
+    #[inline]
     pub fn is_exact(&self) -> bool {
-        self.segments.iter().all(|s| matches!(s, PatternSegment::Literal(_)))
+        self.exact
+    }
+
+    /// Whether a validated `topic` matches this pattern (the bus's hot path: no UTF-8 re-check).
+    #[inline]
+    pub fn matches_topic(&self, topic: &Topic) -> bool {
+        if self.exact {
+            return self.raw.as_bytes() == topic.as_bytes();
+        }
+        self.matches(topic.as_str())
     }
 
     /// Whether `topic` matches this pattern.
+    #[inline]
     pub fn matches(&self, topic: &str) -> bool {
-        if self.is_exact_fast() {
+        if self.exact {
             return &*self.raw == topic;
         }
         let mut parts = topic.split('.');
@@ -186,11 +255,6 @@ impl TopicPattern {
             }
         }
         parts.next().is_none()
-    }
-
-    fn is_exact_fast(&self) -> bool {
-        // A pattern without `*`/`>` characters is exact; checking the raw string avoids walking segments.
-        !self.raw.bytes().any(|b| b == b'*' || b == b'>')
     }
 }
 
@@ -229,6 +293,16 @@ mod tests {
         assert!(matches!(Topic::new("a/b"), Err(TopicError::InvalidCharacter { ch: '/', .. })));
         assert!(matches!(Topic::new("a.*"), Err(TopicError::WildcardInTopic { .. })));
         assert!(matches!(Topic::new(&"a".repeat(250)), Err(TopicError::TooLong { .. })));
+    }
+
+    #[test]
+    fn short_and_long_topics_compare_by_content() {
+        let short = Topic::new("order.events").unwrap();
+        let long = Topic::new(&format!("{}.events", "x".repeat(40))).unwrap();
+        assert_eq!(short.as_str(), "order.events");
+        assert_eq!(long.as_str().len(), 47);
+        assert_eq!(short.clone(), Topic::new("order.events").unwrap());
+        assert!(short < long, "ordered by content");
     }
 
     #[test]

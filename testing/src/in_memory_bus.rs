@@ -5,12 +5,14 @@
 //! - `publish` never blocks: the channel holds the last `capacity` events; a subscriber (or group)
 //!   that falls further behind gets an [`EventBusError::Lagged`] item with the number of events it
 //!   missed (also counted in [`BusStats::lagged`]), never a silent gap;
-//! - payloads are shared: every subscriber receives the same `Arc<SerializedEvent>` (no copy);
 //! - a named group has one cursor shared by its members: each event goes to one member. The group
 //!   outlives its members (like a Kafka group): events published while no member is subscribed wait
 //!   for the next member, within the channel's capacity;
-//! - [`Delivery::nack`] puts the event back at the front of the subscriber's (or group's) queue;
-//!   dropping a delivery without acknowledging it does nothing (there is no restart to redeliver on);
+//! - in a named group, [`Delivery::nack`] puts the event back at the front of the group's queue;
+//!   dropping a delivery without acknowledging it does nothing (there is no restart to redeliver on).
+//!   An exclusive subscriber is a live listener: its deliveries need no `ack` and refuse `nack`
+//!   ([`EventBusError::RedeliveryUnsupported`]);
+//! - payloads and metadata are shared: every subscriber receives the same `Arc<BusMessage>`;
 //! - nothing survives the process: it is not a durable bus.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,17 +21,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use composable_rust_core::topic::parse_patterns;
-use composable_rust_core::{ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic, TopicPattern};
+use composable_rust_core::{
+    BusMessage, ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic, TopicPattern,
+};
 use parking_lot::Mutex;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Future;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast};
 
 /// Default channel capacity (events kept for slow subscribers).
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
-
-struct Envelope {
-    topic: Topic,
-    event: Arc<SerializedEvent>,
-}
 
 /// Counters of an in-memory bus.
 #[derive(Debug, Default)]
@@ -57,14 +61,14 @@ impl BusStats {
 /// Events put back by `nack`, delivered before new ones.
 #[derive(Default)]
 struct Redeliveries {
-    queue: Mutex<VecDeque<(Topic, Arc<SerializedEvent>, u32)>>,
+    queue: Mutex<VecDeque<(Arc<BusMessage>, u32)>>,
     non_empty: AtomicBool,
     notify: Notify,
     stats: Arc<BusStats>,
 }
 
 impl Redeliveries {
-    fn pop(&self) -> Option<(Topic, Arc<SerializedEvent>, u32)> {
+    fn pop(&self) -> Option<(Arc<BusMessage>, u32)> {
         // The flag keeps the common path (nothing to redeliver) free of locking.
         if !self.non_empty.load(Ordering::Acquire) {
             return None;
@@ -77,13 +81,13 @@ impl Redeliveries {
 }
 
 impl SharedAck for Redeliveries {
-    fn ack(&self, _topic: &Topic, _event: &Arc<SerializedEvent>) -> Result<(), EventBusError> {
+    fn ack(&self, _message: &Arc<BusMessage>) -> Result<(), EventBusError> {
         Ok(())
     }
 
-    fn nack(&self, topic: Topic, event: Arc<SerializedEvent>, attempt: u32) -> Result<(), EventBusError> {
+    fn nack(&self, message: Arc<BusMessage>, attempt: u32) -> Result<(), EventBusError> {
         let mut q = self.queue.lock();
-        q.push_front((topic, event, attempt + 1));
+        q.push_front((message, attempt + 1));
         self.non_empty.store(true, Ordering::Release);
         drop(q);
         self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -94,14 +98,14 @@ impl SharedAck for Redeliveries {
 
 struct Group {
     patterns: Vec<String>,
-    receiver: tokio::sync::Mutex<broadcast::Receiver<Arc<Envelope>>>,
+    receiver: tokio::sync::Mutex<broadcast::Receiver<Arc<BusMessage>>>,
     redeliveries: Arc<Redeliveries>,
 }
 
 /// An in-process [`EventBus`]. Clones share the bus.
 #[derive(Clone)]
 pub struct InMemoryEventBus {
-    sender: broadcast::Sender<Arc<Envelope>>,
+    sender: broadcast::Sender<Arc<BusMessage>>,
     groups: Arc<Mutex<HashMap<String, Arc<Group>>>>,
     stats: Arc<BusStats>,
 }
@@ -139,26 +143,21 @@ impl InMemoryEventBus {
     }
 }
 
-enum Source {
-    Own(broadcast::Receiver<Arc<Envelope>>),
-    Group(Arc<Group>),
-}
-
+/// A member of a named group: the cursor and the redelivery queue are the group's.
 struct Subscription {
-    source: Source,
+    group: Arc<Group>,
     patterns: Vec<TopicPattern>,
-    redeliveries: Arc<Redeliveries>,
     group_name: String,
     stats: Arc<BusStats>,
 }
 
 impl Subscription {
     fn matches(&self, topic: &Topic) -> bool {
-        self.patterns.iter().any(|p| p.matches(topic.as_str()))
+        self.patterns.iter().any(|p| p.matches_topic(topic))
     }
 
-    fn delivery(&self, topic: Topic, event: Arc<SerializedEvent>, attempt: u32) -> Delivery {
-        Delivery::with_shared_ack(topic, event, attempt, Arc::clone(&self.redeliveries) as Arc<dyn SharedAck>)
+    fn delivery(&self, message: Arc<BusMessage>, attempt: u32) -> Delivery {
+        Delivery::with_shared_ack(message, attempt, Arc::clone(&self.group.redeliveries) as Arc<dyn SharedAck>)
     }
 
     fn lagged(&self, missed: u64) -> EventBusError {
@@ -169,28 +168,82 @@ impl Subscription {
 
     async fn next_item(&mut self) -> Option<Result<Delivery, EventBusError>> {
         loop {
-            if let Some((topic, event, attempt)) = self.redeliveries.pop() {
-                return Some(Ok(self.delivery(topic, event, attempt)));
+            if let Some((message, attempt)) = self.group.redeliveries.pop() {
+                return Some(Ok(self.delivery(message, attempt)));
             }
-            let received = match &mut self.source {
-                Source::Own(rx) => rx.recv().await,
-                Source::Group(group) => {
-                    let redeliveries = Arc::clone(&self.redeliveries);
-                    let notified = redeliveries.notify.notified();
-                    // Both branches are cancel-safe: losing the race drops no event.
-                    tokio::select! {
-                        received = async { group.receiver.lock().await.recv().await } => received,
-                        () = notified => continue,
-                    }
-                }
+            let notified = self.group.redeliveries.notify.notified();
+            // Both branches are cancel-safe: losing the race drops no event.
+            let received = tokio::select! {
+                received = async { self.group.receiver.lock().await.recv().await } => received,
+                () = notified => continue,
             };
             match received {
-                Ok(envelope) if self.matches(&envelope.topic) => {
-                    return Some(Ok(self.delivery(envelope.topic.clone(), Arc::clone(&envelope.event), 1)));
-                }
+                Ok(message) if self.matches(&message.topic) => return Some(Ok(self.delivery(message, 1))),
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => return Some(Err(self.lagged(missed))),
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(RecvError::Lagged(missed)) => return Some(Err(self.lagged(missed))),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+type WaitForMessage = Pin<Box<dyn Future<Output = (Result<Arc<BusMessage>, RecvError>, broadcast::Receiver<Arc<BusMessage>>)> + Send>>;
+
+/// An exclusive subscription: takes ready messages without building a future, and only parks on the
+/// channel when it is empty.
+struct Listener {
+    rx: Option<broadcast::Receiver<Arc<BusMessage>>>,
+    waiting: Option<WaitForMessage>,
+    patterns: Vec<TopicPattern>,
+    stats: Arc<BusStats>,
+}
+
+impl Listener {
+    /// What to yield for a received message or error; `None` to keep reading.
+    fn outcome(&self, received: Result<Arc<BusMessage>, RecvError>) -> Option<Option<Result<Delivery, EventBusError>>> {
+        match received {
+            Ok(message) if self.patterns.iter().any(|p| p.matches_topic(&message.topic)) => Some(Some(Ok(Delivery::listen_only(message)))),
+            Ok(_) => None,
+            Err(RecvError::Lagged(missed)) => {
+                self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
+                tracing::warn!(missed, "in-memory bus listener lagged");
+                Some(Some(Err(EventBusError::Lagged { group: "exclusive".into(), missed })))
+            }
+            Err(RecvError::Closed) => Some(None),
+        }
+    }
+}
+
+impl futures::Stream for Listener {
+    type Item = Result<Delivery, EventBusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(waiting) = self.waiting.as_mut() {
+                let Poll::Ready((received, rx)) = waiting.as_mut().poll(cx) else { return Poll::Pending };
+                self.waiting = None;
+                self.rx = Some(rx);
+                if let Some(out) = self.outcome(received) {
+                    return Poll::Ready(out);
+                }
+                continue;
+            }
+            let Some(rx) = self.rx.as_mut() else { return Poll::Ready(None) };
+            let received = match rx.try_recv() {
+                Ok(message) => Ok(message),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => {
+                    let Some(mut rx) = self.rx.take() else { return Poll::Ready(None) };
+                    self.waiting = Some(Box::pin(async move {
+                        let received = rx.recv().await;
+                        (received, rx)
+                    }));
+                    continue;
+                }
+            };
+            if let Some(out) = self.outcome(received) {
+                return Poll::Ready(out);
             }
         }
     }
@@ -202,7 +255,7 @@ impl EventBus for InMemoryEventBus {
         let topic = Topic::new(topic)?;
         let _span = tracing::trace_span!("publish", bus = "in-memory", topic = %topic, event_type = %event.event_type).entered();
         // No receiver is not an error: nobody subscribed yet, exactly as on a broker.
-        let _ = self.sender.send(Arc::new(Envelope { topic, event: Arc::new(event.clone()) }));
+        let _ = self.sender.send(Arc::new(BusMessage { topic, event: event.clone() }));
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -212,10 +265,9 @@ impl EventBus for InMemoryEventBus {
         let mut wanted: Vec<String> = topics.iter().map(|t| (*t).to_string()).collect();
         wanted.sort();
         wanted.dedup();
-        let (source, redeliveries, group_name) = match options.group {
+        let (group, group_name) = match options.group {
             ConsumerGroup::Exclusive => {
-                let redeliveries = Arc::new(Redeliveries { stats: Arc::clone(&self.stats), ..Redeliveries::default() });
-                (Source::Own(self.sender.subscribe()), redeliveries, "exclusive".to_string())
+                return Ok(Box::pin(Listener { rx: Some(self.sender.subscribe()), waiting: None, patterns, stats: Arc::clone(&self.stats) }));
             }
             ConsumerGroup::Named(name) => {
                 let mut groups = self.groups.lock();
@@ -235,11 +287,10 @@ impl EventBus for InMemoryEventBus {
                         reason: format!("group {name:?} already subscribes to {:?}; members of one group must subscribe to the same topics", group.patterns),
                     });
                 }
-                let redeliveries = Arc::clone(&group.redeliveries);
-                (Source::Group(group), redeliveries, name)
+                (group, name)
             }
         };
-        let subscription = Subscription { source, patterns, redeliveries, group_name, stats: Arc::clone(&self.stats) };
+        let subscription = Subscription { group, patterns, group_name, stats: Arc::clone(&self.stats) };
         Ok(Box::pin(futures::stream::unfold(subscription, |mut s| async move { s.next_item().await.map(|item| (item, s)) })))
     }
 

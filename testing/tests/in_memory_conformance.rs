@@ -69,3 +69,12 @@ async fn ten_thousand_subscribers_each_receive_every_event() {
     }
     assert_eq!(bus.stats().lagged(), 0);
 }
+
+#[tokio::test]
+async fn an_exclusive_listener_cannot_nack() {
+    let bus = InMemoryEventBus::new();
+    let mut listener = bus.subscribe_with(&["t"], SubscribeOptions::exclusive()).await.unwrap();
+    bus.publish("t", &SerializedEvent::new("E.v1", vec![1], None)).await.unwrap();
+    let d = listener.next().await.unwrap().unwrap();
+    assert_eq!(d.nack().await, Err(EventBusError::RedeliveryUnsupported), "a listen-only delivery says it cannot be redelivered");
+}
