@@ -198,18 +198,25 @@ struct Listener {
     stats: Arc<BusStats>,
 }
 
+/// What a received message or error means for the stream.
+enum Step {
+    /// Yield this (`None` ends the stream).
+    Yield(Option<Result<Delivery, EventBusError>>),
+    /// Not for this subscriber: keep reading.
+    Skip,
+}
+
 impl Listener {
-    /// What to yield for a received message or error; `None` to keep reading.
-    fn outcome(&self, received: Result<Arc<BusMessage>, RecvError>) -> Option<Option<Result<Delivery, EventBusError>>> {
+    fn outcome(&self, received: Result<Arc<BusMessage>, RecvError>) -> Step {
         match received {
-            Ok(message) if self.patterns.iter().any(|p| p.matches_topic(&message.topic)) => Some(Some(Ok(Delivery::listen_only(message)))),
-            Ok(_) => None,
+            Ok(message) if self.patterns.iter().any(|p| p.matches_topic(&message.topic)) => Step::Yield(Some(Ok(Delivery::listen_only(message)))),
+            Ok(_) => Step::Skip,
             Err(RecvError::Lagged(missed)) => {
                 self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
                 tracing::warn!(missed, "in-memory bus listener lagged");
-                Some(Some(Err(EventBusError::Lagged { group: "exclusive".into(), missed })))
+                Step::Yield(Some(Err(EventBusError::Lagged { group: "exclusive".into(), missed })))
             }
-            Err(RecvError::Closed) => Some(None),
+            Err(RecvError::Closed) => Step::Yield(None),
         }
     }
 }
@@ -223,7 +230,7 @@ impl futures::Stream for Listener {
                 let Poll::Ready((received, rx)) = waiting.as_mut().poll(cx) else { return Poll::Pending };
                 self.waiting = None;
                 self.rx = Some(rx);
-                if let Some(out) = self.outcome(received) {
+                if let Step::Yield(out) = self.outcome(received) {
                     return Poll::Ready(out);
                 }
                 continue;
@@ -242,7 +249,7 @@ impl futures::Stream for Listener {
                     continue;
                 }
             };
-            if let Some(out) = self.outcome(received) {
+            if let Step::Yield(out) = self.outcome(received) {
                 return Poll::Ready(out);
             }
         }
