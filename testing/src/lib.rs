@@ -23,3 +23,8 @@ pub use in_memory_bus::{BusStats, InMemoryEventBus};
 pub use in_memory_store::InMemoryEventStore;
 pub use saga_scenario::{Outcome, SagaScenario};
 pub use test_store::TestStore;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
