@@ -81,10 +81,36 @@ const INLINE_TOPIC: usize = 30;
 
 /// Short topics (the common case) are stored inline: creating one for every publish then costs
 /// neither an allocation nor an atomic reference count.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 enum TopicRepr {
     Inline { len: u8, bytes: [u8; INLINE_TOPIC] },
     Shared(Arc<str>),
+}
+
+/// The detailed checks, run only to say why a topic is refused.
+fn explain_refusal(topic: &str) -> Result<(), TopicError> {
+    check_common(topic)?;
+    for seg in topic.split('.') {
+        check_literal_segment(topic, seg)?;
+    }
+    Ok(())
+}
+
+/// Whether `bytes` is a valid concrete topic: non-empty, within the length limit, segments of
+/// `[A-Za-z0-9_-]` separated by single dots.
+fn is_plain_topic(bytes: &[u8]) -> bool {
+    if bytes.is_empty() || bytes.len() > MAX_TOPIC_LEN || bytes[0] == b'.' || bytes[bytes.len() - 1] == b'.' {
+        return false;
+    }
+    let mut previous_dot = false;
+    for &b in bytes {
+        let dot = b == b'.';
+        if (dot && previous_dot) || !(dot || b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return false;
+        }
+        previous_dot = dot;
+    }
+    true
 }
 
 /// A validated, concrete topic name (no wildcards). Cheap to clone.
@@ -94,9 +120,10 @@ pub struct Topic(TopicRepr);
 impl Topic {
     /// Validates a concrete topic.
     pub fn new(topic: &str) -> Result<Self, TopicError> {
-        check_common(topic)?;
-        for seg in topic.split('.') {
-            check_literal_segment(topic, seg)?;
+        // One pass over the bytes for the common, valid case (this runs on every publish); the
+        // detailed checks below only run to explain a refusal.
+        if !is_plain_topic(topic.as_bytes()) {
+            explain_refusal(topic)?;
         }
         if topic.len() <= INLINE_TOPIC {
             let mut bytes = [0u8; INLINE_TOPIC];
@@ -128,8 +155,14 @@ impl Topic {
 }
 
 impl PartialEq for Topic {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        match (&self.0, &other.0) {
+            // Inline topics are zero-padded, so comparing the fixed arrays is comparing the names,
+            // without a call to memcmp: this is the bus's per-delivery filter.
+            (TopicRepr::Inline { .. }, TopicRepr::Inline { .. }) => self.0 == other.0,
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -181,7 +214,8 @@ pub enum PatternSegment {
 pub struct TopicPattern {
     raw: Arc<str>,
     segments: Arc<[PatternSegment]>,
-    exact: bool,
+    /// The one topic an exact pattern names.
+    exact: Option<Topic>,
 }
 
 impl TopicPattern {
@@ -204,7 +238,7 @@ impl TopicPattern {
                 }
             });
         }
-        let exact = segments.iter().all(|s| matches!(s, PatternSegment::Literal(_)));
+        let exact = if segments.iter().all(|s| matches!(s, PatternSegment::Literal(_))) { Some(Topic::new(pattern)?) } else { None };
         Ok(Self { raw: pattern.into(), segments: segments.into(), exact })
     }
 
@@ -221,22 +255,22 @@ impl TopicPattern {
     /// Whether the pattern has no wildcard (it names exactly one topic).
     #[inline]
     pub fn is_exact(&self) -> bool {
-        self.exact
+        self.exact.is_some()
     }
 
     /// Whether a validated `topic` matches this pattern (the bus's hot path: no UTF-8 re-check).
     #[inline]
     pub fn matches_topic(&self, topic: &Topic) -> bool {
-        if self.exact {
-            return self.raw.as_bytes() == topic.as_bytes();
+        match &self.exact {
+            Some(exact) => exact == topic,
+            None => self.matches(topic.as_str()),
         }
-        self.matches(topic.as_str())
     }
 
     /// Whether `topic` matches this pattern.
     #[inline]
     pub fn matches(&self, topic: &str) -> bool {
-        if self.exact {
+        if self.exact.is_some() {
             return &*self.raw == topic;
         }
         let mut parts = topic.split('.');
@@ -325,6 +359,11 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn fast_validation_agrees_with_the_detailed_checks(t in "[a-c.*> _/-]{0,12}") {
+            proptest::prop_assert_eq!(is_plain_topic(t.as_bytes()), explain_refusal(&t).is_ok(), "topic {:?}", t);
+        }
+
         #[test]
         fn exact_pattern_matches_only_itself(a in "[a-z]{1,5}(\\.[a-z]{1,5}){0,3}", b in "[a-z]{1,5}(\\.[a-z]{1,5}){0,3}") {
             let p = TopicPattern::new(&a).unwrap();
