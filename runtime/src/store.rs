@@ -53,16 +53,22 @@ impl EffectHandle {
     }
 }
 
-struct Core<S, A> {
-    state: S,
-    queue: VecDeque<(A, Option<Tracker>, Option<TrackerGuard>)>,
+/// An action waiting in the queue, with the handle of the `send` it belongs to.
+type Pending<A> = (A, Tracker, TrackerGuard);
+
+/// The FIFO of actions. Whoever finds it idle becomes the drainer and reduces queued actions in
+/// order until it is empty; everyone else only appends and returns, so a sender never waits for
+/// other senders' reduces, and no action is ever reduced inside another's `reduce`.
+struct Queue<A> {
+    pending: VecDeque<Pending<A>>,
     draining: bool,
 }
 
 struct Shared<R: Reducer> {
     reducer: R,
     env: R::Environment,
-    core: Mutex<Core<R::State, R::Action>>,
+    queue: Mutex<Queue<R::Action>>,
+    state: Mutex<R::State>,
     executor: Executor,
     all_effects: Tracker,
     closed: AtomicBool,
@@ -100,7 +106,8 @@ impl<R: Reducer> Store<R> {
             shared: Arc::new(Shared {
                 reducer,
                 env,
-                core: Mutex::new(Core { state: initial_state, queue: VecDeque::new(), draining: false }),
+                queue: Mutex::new(Queue { pending: VecDeque::new(), draining: false }),
+                state: Mutex::new(initial_state),
                 executor,
                 all_effects: Tracker::new(),
                 closed: AtomicBool::new(false),
@@ -121,7 +128,7 @@ impl<R: Reducer> Store<R> {
 
     /// Reads the state.
     pub fn with_state<T>(&self, f: impl FnOnce(&R::State) -> T) -> T {
-        f(&self.shared.core.lock().state)
+        f(&self.shared.state.lock())
     }
 
     /// A copy of the state.
@@ -163,38 +170,48 @@ impl<R: Reducer> Store<R> {
 
     /// `tracker`: the handle of the action that (transitively) caused this one, if any.
     fn enqueue(&self, action: R::Action, tracker: Option<Tracker>) -> EffectHandle {
-        let mut spawns: Vec<(Effects<R::Action>, Tracker)> = Vec::new();
-        let handle;
         {
-            let mut core = self.shared.core.lock();
-            if core.draining {
+            let mut queue = self.shared.queue.lock();
+            if queue.draining {
                 let t = tracker.unwrap_or_default();
                 let guard = t.enter();
-                core.queue.push_back((action, Some(t.clone()), Some(guard)));
+                queue.pending.push_back((action, t.clone(), guard));
                 return EffectHandle { tracker: Some(t) };
             }
-            core.draining = true;
-            let effects = self.reduce(&mut core.state, action);
-            handle = if effects.is_empty() {
-                EffectHandle { tracker }
-            } else {
-                let t = tracker.unwrap_or_default();
-                spawns.push((effects, t.clone()));
-                EffectHandle { tracker: Some(t) }
-            };
-            while let Some((queued, t, guard)) = core.queue.pop_front() {
-                let effects = self.reduce(&mut core.state, queued);
-                if !effects.is_empty() {
-                    spawns.push((effects, t.unwrap_or_default()));
-                }
-                drop(guard);
-            }
-            core.draining = false;
+            queue.draining = true;
         }
-        for (effects, t) in spawns {
-            self.spawn_effects(effects, t);
+        // This caller drains: its own action first (the queue was empty), then whatever others
+        // queued meanwhile, in arrival order.
+        let effects = self.reduce_locked(action);
+        let handle = if effects.is_empty() {
+            EffectHandle { tracker }
+        } else {
+            let t = tracker.unwrap_or_default();
+            self.spawn_effects(effects, t.clone());
+            EffectHandle { tracker: Some(t) }
+        };
+        loop {
+            let next = {
+                let mut queue = self.shared.queue.lock();
+                let next = queue.pending.pop_front();
+                if next.is_none() {
+                    queue.draining = false;
+                }
+                next
+            };
+            let Some((queued, t, guard)) = next else { break };
+            let effects = self.reduce_locked(queued);
+            if !effects.is_empty() {
+                self.spawn_effects(effects, t);
+            }
+            drop(guard);
         }
         handle
+    }
+
+    fn reduce_locked(&self, action: R::Action) -> Effects<R::Action> {
+        let mut state = self.shared.state.lock();
+        self.reduce(&mut state, action)
     }
 
     fn reduce(&self, state: &mut R::State, action: R::Action) -> Effects<R::Action> {
