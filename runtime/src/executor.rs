@@ -286,9 +286,10 @@ impl Executor {
         self.run_sequence(effects, feedback, scope)
     }
 
-    fn observe(&self, record: EffectRecord) {
+    /// Builds the record only when someone observes: the hot path allocates nothing for it.
+    fn observe(&self, record: impl FnOnce() -> EffectRecord) {
         if let Some(o) = &self.shared.observer {
-            o.observe(record);
+            o.observe(record());
         }
     }
 
@@ -342,7 +343,7 @@ impl Executor {
                 if let Err(failure) = result {
                     for skipped in effects[i + 1..].iter_mut().filter_map(Option::take) {
                         tracing::debug!(kind = skipped.kind(), error = %failure, "effect skipped: an earlier effect of its sequence failed");
-                        self.observe(EffectRecord::Skipped { kind: skipped.kind() });
+                        self.observe(|| EffectRecord::Skipped { kind: skipped.kind() });
                     }
                     return Err(failure);
                 }
@@ -365,7 +366,7 @@ impl Executor {
     ) -> Result<(), EffectFailure> {
         let what = || format!("append_events to {}", request.stream_id);
         let (outcome, attempts) = self.with_retry(&what, || store.append(request.clone())).await;
-        self.observe(EffectRecord::Append {
+        self.observe(|| EffectRecord::Append {
             stream_id: request.stream_id.clone(),
             expected_version: request.expected_version,
             event_types: request.events.iter().map(|e| e.event_type.clone()).collect(),
@@ -416,7 +417,7 @@ impl Executor {
     ) -> Result<(), EffectFailure> {
         let what = || format!("publish_event {} {} to {topic}", event.event_type, event.event_id);
         let (outcome, attempts) = self.with_retry(&what, || bus.publish(topic, &event)).await;
-        self.observe(EffectRecord::Publish {
+        self.observe(|| EffectRecord::Publish {
             topic: topic.to_string(),
             event_type: event.event_type.clone(),
             event_id: event.event_id,
@@ -486,7 +487,7 @@ impl Executor {
                     let envelope = CommandEnvelope { command_id: scope.next_command_id(), correlation_id, causation_id: scope.causation_id.clone(), command };
                     let what = || format!("dispatch {:?} to {}", envelope.command, target.name());
                     let (outcome, attempts) = self.with_retry(&what, || target.handle(&envelope)).await;
-                    self.observe(EffectRecord::Dispatch {
+                    self.observe(|| EffectRecord::Dispatch {
                         target: target.name().to_string(),
                         command: format!("{:?}", envelope.command),
                         command_id: envelope.command_id,
