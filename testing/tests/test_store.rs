@@ -157,3 +157,18 @@ async fn non_exhaustive_mode_allows_unreceived_actions() {
     s.send(Action::Cancel, |_| {});
     s.finish().await;
 }
+
+#[test]
+fn inspect_reads_nested_effects_in_order_without_running_them() {
+    use composable_rust_core::inspect;
+    let env = Env { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) };
+    let mut state = Search { query: "q".into(), ..Search::default() };
+    let saved = SearchReducer.reduce(&mut state, Action::Save, &env).into_vec();
+    let nested: Vec<Effect<Action>> = vec![Effect::Parallel(vec![Effect::Sequential(saved).cancellable("save", false), Effect::delay(Duration::from_secs(1), Action::Search)])];
+    assert_eq!(inspect::kinds(&nested), vec!["append_events", "publish_event", "delay"]);
+    let appends = inspect::appends(&nested);
+    assert_eq!((appends[0].stream_id.as_str(), appends[0].expected_version, appends[0].events.len()), ("search-1", ExpectedVersion::Any, 1));
+    let publishes = inspect::publishes(&nested);
+    assert_eq!(publishes[0].topic, "search.events");
+    assert_eq!(publishes[0].event.event_id, appends[0].events[0].event_id, "the publish is of the appended event");
+}
