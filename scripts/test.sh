@@ -3,21 +3,36 @@
 #   formatting, clippy (pedantic, warnings are errors), documentation (warnings are errors),
 #   every crate's unit, integration, conformance and doc tests, and the checkout-saga acceptance run.
 #
-# The backends of this workspace so far are in-memory, so no server is needed. Backend crates that
-# need one (PostgreSQL, a Kafka-protocol broker, nats-server) add an idempotent install-and-start step
-# here; under CI=true a missing backend is a failure, never a skip.
+# Servers: nats-server (JetStream) is installed if missing and started on a free loopback port with a
+# temporary storage directory, unless NATS_URL points at your own. Later backends (PostgreSQL, a
+# Kafka-protocol broker) add their step the same way. Tests never skip a backend under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 log_dir="$(mktemp -d)"
-trap 'rm -rf "$log_dir"' EXIT
+source scripts/services/nats.sh
+cleanup() {
+  nats_stop "$log_dir/nats"
+  rm -rf "$log_dir"
+}
+trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain"
 cargo --version
 rustc --version
+
+step "servers"
+if [ -n "${NATS_URL:-}" ]; then
+  echo "using NATS_URL=$NATS_URL"
+else
+  nats_install
+  NATS_URL="$(nats_start "$log_dir/nats")"
+  export NATS_URL
+  echo "nats-server $(nats-server --version | awk '{print $2}') at $NATS_URL"
+fi
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check

@@ -164,7 +164,8 @@ fn inspect_reads_nested_effects_in_order_without_running_them() {
     let env = Env { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) };
     let mut state = Search { query: "q".into(), ..Search::default() };
     let saved = SearchReducer.reduce(&mut state, Action::Save, &env).into_vec();
-    let nested: Vec<Effect<Action>> = vec![Effect::Parallel(vec![Effect::Sequential(saved).cancellable("save", false), Effect::delay(Duration::from_secs(1), Action::Search)])];
+    let nested: Vec<Effect<Action>> =
+        vec![Effect::Parallel(vec![Effect::Sequential(saved).cancellable("save", false), Effect::delay(Duration::from_secs(1), Action::Search)])];
     assert_eq!(inspect::kinds(&nested), vec!["append_events", "publish_event", "delay"]);
     let appends = inspect::appends(&nested);
     assert_eq!((appends[0].stream_id.as_str(), appends[0].expected_version, appends[0].events.len()), ("search-1", ExpectedVersion::Any, 1));

@@ -39,7 +39,7 @@ struct Args {
     /// Event store: `memory`.
     #[arg(long, default_value = "memory")]
     store: String,
-    /// Event bus: `memory`.
+    /// Event bus: `memory` or `nats://HOST:PORT` (NATS JetStream).
     #[arg(long, default_value = "memory")]
     bus: String,
     /// Print one JSON object instead of the summary.
@@ -95,7 +95,11 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("checkout-saga: cannot encode the report: {e}"),
         }
     } else {
-        println!("checkout-saga: {} orders, in-memory store and bus, {} saga worker(s)", report.orders, config.workers);
+        let bus = match &config.bus {
+            BusChoice::Memory => "in-memory bus".to_string(),
+            BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
+        };
+        println!("checkout-saga: {} orders, in-memory store, {bus}, {} saga worker(s)", report.orders, config.workers);
         println!(
             "  confirmed {}, cancelled {} (out of stock {}, payment declined {})",
             report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined

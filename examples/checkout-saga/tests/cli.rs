@@ -38,3 +38,18 @@ fn an_unsupported_backend_is_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("unsupported --store"), "{stderr}");
 }
+
+#[test]
+fn the_same_scenario_runs_over_nats_jetstream() {
+    let Ok(url) = std::env::var("NATS_URL") else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but NATS_URL is not set (scripts/test.sh starts nats-server and sets it)");
+        eprintln!("skipping: NATS_URL not set");
+        return;
+    };
+    let (ok, stdout, stderr) = run(&["--bus", &url, "--orders", "300", "--json"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["orders"], 300);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["events_published"].as_u64(), Some(1212), "every domain event published once");
+}
