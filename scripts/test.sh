@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Debian installs servers under /usr/sbin, which is not on every user's PATH; tests spawn them too.
+export PATH="$PATH:/usr/sbin:/sbin"
 log_dir="$(mktemp -d)"
 source scripts/services/nats.sh
 cleanup() {

@@ -3,6 +3,7 @@
 # interop test) and `start DIR` (JetStream on a free loopback port, storage in DIR; prints the URL and
 # writes the pid to DIR/pid). Sourced or run by scripts/test.sh.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"
 
 nats_install() {
   if ! command -v nats-server >/dev/null 2>&1; then
