@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
+use composable_rust_sqlite::SqliteEventStore;
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -32,8 +34,11 @@ pub const DISCONTINUED_SKU: &str = "sku-discontinued";
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A `--store` value this build does not support.
-    #[error("unsupported --store {0:?}: this build supports `memory` (SQLite and PostgreSQL stores are planned in composable-rust-sqlite / -postgres)")]
+    #[error("unsupported --store {0:?}: this build supports `memory` and `sqlite:PATH` (the PostgreSQL store is planned in composable-rust-postgres)")]
     UnsupportedStore(String),
+    /// The store could not be opened.
+    #[error("event store: {0}")]
+    Store(String),
     /// A `--bus` value this build does not support.
     #[error("unsupported --bus {0:?}: this build supports `memory` and `nats://HOST:PORT` (Redpanda and Zenoh buses are planned in their own crates)")]
     UnsupportedBus(String),
@@ -50,6 +55,8 @@ pub enum AppError {
 pub enum StoreChoice {
     /// In process memory.
     Memory,
+    /// A SQLite file (`sqlite:PATH`): state is kept across runs.
+    Sqlite(String),
 }
 
 impl FromStr for StoreChoice {
@@ -57,6 +64,7 @@ impl FromStr for StoreChoice {
     fn from_str(s: &str) -> Result<Self, AppError> {
         match s {
             "memory" | "mem" | "in-memory" => Ok(StoreChoice::Memory),
+            url if url.starts_with("sqlite:") => Ok(StoreChoice::Sqlite(url.to_string())),
             other => Err(AppError::UnsupportedStore(other.to_string())),
         }
     }
@@ -173,8 +181,9 @@ pub struct PlannedOrder {
     pub expected: Expected,
 }
 
-/// The deterministic order mix for a config.
-pub fn plan_orders(config: &Config) -> Vec<PlannedOrder> {
+/// The deterministic order mix for a config. `run` tags the order ids, so that runs against a
+/// persistent store never collide.
+pub fn plan_orders(config: &Config, run: &str) -> Vec<PlannedOrder> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     (1..=config.orders)
         .map(|n| {
@@ -191,7 +200,7 @@ pub fn plan_orders(config: &Config) -> Vec<PlannedOrder> {
             let unit_price = 1_000 + 250 * sku_index as u64;
             let card_token = if expected == Expected::Declined { DECLINED_CARD.to_string() } else { format!("tok_visa_{n}") };
             PlannedOrder {
-                order_id: format!("order-{n:06}"),
+                order_id: format!("order-{run}-{n:06}"),
                 line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token },
                 expected,
             }
@@ -241,7 +250,6 @@ fn envelope<C: std::any::Any + Send + Sync + std::fmt::Debug>(command: C, correl
 
 /// Everything the scenario runs on.
 struct Wiring {
-    store: Arc<InMemoryEventStore>,
     bus: Arc<CountingBus>,
     dyn_store: Arc<dyn EventStore>,
     dyn_bus: Arc<dyn EventBus>,
@@ -255,8 +263,9 @@ struct Wiring {
 
 impl Wiring {
     async fn new(config: &Config) -> Result<Self, AppError> {
-        let store = match config.store {
+        let dyn_store: Arc<dyn EventStore> = match &config.store {
             StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
+            StoreChoice::Sqlite(url) => Arc::new(SqliteEventStore::open_url(url).await.map_err(|e| AppError::Store(e.to_string()))?),
         };
         let inner: Arc<dyn EventBus> = match &config.bus {
             // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
@@ -264,7 +273,6 @@ impl Wiring {
             BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
         };
         let bus = Arc::new(CountingBus { inner, published: AtomicU64::new(0) });
-        let dyn_store: Arc<dyn EventStore> = store.clone();
         let dyn_bus: Arc<dyn EventBus> = bus.clone();
         let dead_letters = Arc::new(InMemoryDeadLetters::default());
         let executor = Executor::builder().dead_letters(Arc::clone(&dead_letters) as Arc<dyn DeadLetterSink>).build();
@@ -277,7 +285,7 @@ impl Wiring {
             inventory: Arc::clone(&inventory) as Arc<dyn CommandHandler>,
             payments: Arc::clone(&payments) as Arc<dyn CommandHandler>,
         };
-        Ok(Self { store, bus, dyn_store, dyn_bus, dead_letters, executor, orders, inventory, payments, saga_env })
+        Ok(Self { bus, dyn_store, dyn_bus, dead_letters, executor, orders, inventory, payments, saga_env })
     }
 
     fn saga_runner(&self) -> SagaRunner<CheckoutSaga> {
@@ -288,7 +296,9 @@ impl Wiring {
 /// Runs the scenario.
 pub async fn run(config: &Config) -> Result<Report, AppError> {
     let w = Wiring::new(config).await?;
-    let plan = plan_orders(config);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let plan = plan_orders(config, &run);
+    let head_before = head_position(&*w.dyn_store).await.map_err(|e| AppError::Store(e.to_string()))?;
     let started = Instant::now();
 
     // Watch order outcomes from the bus to know when every checkout is done.
@@ -343,7 +353,8 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     }
 
     let tally = verify_orders(&w, &checker, &plan, &mut problems).await?;
-    problems.extend(check_stock(&plan, &demand, &w.inventory).await?);
+    problems.extend(check_stock(&plan, &demand, &w.inventory, &run).await?);
+    let head_after = head_position(&*w.dyn_store).await.map_err(|e| AppError::Store(e.to_string()))?;
     if w.dead_letters.total() > 0 {
         problems.push(format!("{} dead letters, first: {:?}", w.dead_letters.total(), w.dead_letters.letters().first()));
     }
@@ -353,7 +364,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         cancelled: tally.out_of_stock + tally.declined,
         cancelled_out_of_stock: tally.out_of_stock,
         cancelled_payment_declined: tally.declined,
-        events_persisted: w.store.event_count(),
+        events_persisted: usize::try_from(head_after.1 - head_before.1).unwrap_or(usize::MAX),
         events_published: w.bus.published.load(Ordering::Relaxed),
         elapsed_ms,
         saga_steps,
@@ -446,9 +457,26 @@ async fn wait_for_outcomes(outcomes: &mut composable_rust_core::EventStream, exp
     done.len()
 }
 
-/// Stock balances per SKU: restocked = available + reserved, and what is reserved is exactly what
-/// confirmed orders bought.
-async fn check_stock(plan: &[PlannedOrder], demand: &BTreeMap<String, u32>, inventory: &AggregateHandler<InventoryAggregate>) -> Result<Vec<String>, AppError> {
+/// The last global position and the number of events in the store, read page by page.
+async fn head_position(store: &dyn EventStore) -> Result<(GlobalPosition, u64), composable_rust_core::EventStoreError> {
+    let mut after = GlobalPosition(0);
+    let mut count = 0u64;
+    loop {
+        let page = store.read_all(after, 4096).await?;
+        let Some(last) = page.last() else { return Ok((after, count)) };
+        after = last.position;
+        count += page.len() as u64;
+    }
+}
+
+/// Stock balances per SKU: restocked = available + reserved, and what this run reserved is exactly
+/// what its confirmed orders bought (a persistent store also holds earlier runs' reservations).
+async fn check_stock(
+    plan: &[PlannedOrder],
+    demand: &BTreeMap<String, u32>,
+    inventory: &AggregateHandler<InventoryAggregate>,
+    run: &str,
+) -> Result<Vec<String>, AppError> {
     let mut problems = Vec::new();
     let mut skus: Vec<&String> = demand.keys().collect();
     let discontinued = DISCONTINUED_SKU.to_string();
@@ -461,7 +489,9 @@ async fn check_stock(plan: &[PlannedOrder], demand: &BTreeMap<String, u32>, inve
         }
         let confirmed: BTreeMap<String, u32> =
             plan.iter().filter(|o| o.expected == Expected::Confirmed && &o.line.sku == sku).map(|o| (o.order_id.clone(), o.line.quantity)).collect();
-        if state.reservations != confirmed {
+        let prefix = format!("order-{run}-");
+        let this_run: BTreeMap<String, u32> = state.reservations.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)).collect();
+        if this_run != confirmed {
             problems.push(format!("{sku}: {} reservations held, {} confirmed orders", state.reservations.len(), confirmed.len()));
         }
     }

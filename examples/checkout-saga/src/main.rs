@@ -36,7 +36,7 @@ struct Args {
     /// Seconds to wait for every checkout to finish.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
-    /// Event store: `memory`.
+    /// Event store: `memory` or `sqlite:PATH` (kept across runs).
     #[arg(long, default_value = "memory")]
     store: String,
     /// Event bus: `memory` or `nats://HOST:PORT` (NATS JetStream).
@@ -99,7 +99,11 @@ fn main() -> ExitCode {
             BusChoice::Memory => "in-memory bus".to_string(),
             BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
         };
-        println!("checkout-saga: {} orders, in-memory store, {bus}, {} saga worker(s)", report.orders, config.workers);
+        let store = match &config.store {
+            StoreChoice::Memory => "in-memory store".to_string(),
+            StoreChoice::Sqlite(url) => format!("SQLite store {url}"),
+        };
+        println!("checkout-saga: {} orders, {store}, {bus}, {} saga worker(s)", report.orders, config.workers);
         println!(
             "  confirmed {}, cancelled {} (out of stock {}, payment declined {})",
             report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined

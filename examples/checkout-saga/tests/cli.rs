@@ -53,3 +53,19 @@ fn the_same_scenario_runs_over_nats_jetstream() {
     assert_eq!(report["problems"], serde_json::json!([]));
     assert_eq!(report["events_published"].as_u64(), Some(1212), "every domain event published once");
 }
+
+#[test]
+fn a_sqlite_store_keeps_state_across_runs() {
+    let path = std::env::temp_dir().join(format!("checkout-{}.db", std::process::id()));
+    let url = format!("sqlite:{}", path.display());
+    for attempt in 1..=2 {
+        let (ok, stdout, stderr) = run(&["--store", &url, "--orders", "60", "--json"]);
+        assert!(ok, "run {attempt}: {stdout}\n{stderr}");
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        assert_eq!(report["problems"], serde_json::json!([]), "run {attempt}");
+        assert!(report["events_persisted"].as_u64().unwrap() > 0);
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

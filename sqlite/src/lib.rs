@@ -1,0 +1,20 @@
+//! # composable-rust-sqlite
+//!
+//! [`SqliteEventStore`]: the composable-rust [`EventStore`](composable_rust_core::EventStore) in one
+//! SQLite file, the embedded store that keeps state across runs
+//! (`checkout-saga --store sqlite:PATH`).
+//!
+//! Guarantees (the conformance suite checks them):
+//! - the database runs in WAL mode with `synchronous = FULL`: a returned append is on disk;
+//! - all appends go through one writer connection, so appends are serialised, the expected version
+//!   is checked atomically, and global positions follow commit order (`read_all` never skips an
+//!   event that commits late); readers use their own connections and never block the writer;
+//! - event ids are unique: an identical retry is an idempotent success, a reused id with other
+//!   content is refused; outbox intents are committed with their events.
+//!
+//! Not yet here: the consumer inbox table of the PostgreSQL design (the saga runner's
+//! de-duplication works through its own stream on any store).
+
+mod store;
+
+pub use store::{SqliteError, SqliteEventStore};

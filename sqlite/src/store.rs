@@ -1,0 +1,324 @@
+//! The SQLite implementation.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use composable_rust_core::{
+    AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot,
+    StreamId, Topic, Version,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    /// The file could not be opened or created.
+    #[error("cannot open SQLite database {path}: {reason}; check that the directory exists and is writable")]
+    Open {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The schema could not be applied.
+    #[error("cannot apply the event store schema to {path}: {reason}")]
+    Migrate {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An event store in one SQLite file. Cheap to clone (pools are shared).
+#[derive(Debug, Clone)]
+pub struct SqliteEventStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn map_err(e: &sqlx::Error) -> EventStoreError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            EventStoreError::Unavailable { reason: e.to_string() }
+        }
+        sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy") => EventStoreError::Unavailable { reason: e.to_string() },
+        other => EventStoreError::Backend { reason: other.to_string() },
+    }
+}
+
+fn corrupt(what: &str, reason: impl std::fmt::Display) -> EventStoreError {
+    EventStoreError::Corrupt { reason: format!("{what}: {reason}") }
+}
+
+#[allow(clippy::cast_possible_wrap)] // versions and positions stay far below i64::MAX
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+#[allow(clippy::cast_sign_loss)] // stored versions and positions are never negative (CHECK constraints)
+fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, payload, metadata";
+
+fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
+    let get_err = |e: sqlx::Error| corrupt("event row", e);
+    let id_bytes: Vec<u8> = row.try_get("event_id").map_err(get_err)?;
+    let event_id = Uuid::from_slice(&id_bytes).map_err(|e| corrupt("event id", e))?;
+    let stream: String = row.try_get("stream_id").map_err(get_err)?;
+    let metadata_json: String = row.try_get("metadata").map_err(get_err)?;
+    let metadata: EventMetadata = serde_json::from_str(&metadata_json).map_err(|e| corrupt(&format!("metadata of event {event_id}"), e))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(get_err)?;
+    Ok(RecordedEvent {
+        position: GlobalPosition(to_u64(row.try_get("global_position").map_err(get_err)?)),
+        event: SerializedEvent {
+            event_id,
+            event_type: row.try_get("event_type").map_err(get_err)?,
+            stream_id: Some(StreamId::new(stream).map_err(|e| corrupt("stream id", e))?),
+            stream_version: Some(Version(to_u64(row.try_get("stream_version").map_err(get_err)?))),
+            data: Bytes::from(payload),
+            metadata,
+        },
+    })
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the database file at `path` and applies the schema.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
+        let path_text = path.as_ref().display().to_string();
+        let options = SqliteConnectOptions::new()
+            .filename(path.as_ref())
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let open_err = |e: sqlx::Error| SqliteError::Open { path: path_text.clone(), reason: e.to_string() };
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_err)?;
+        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| SqliteError::Migrate { path: path_text.clone(), reason: e.to_string() })?;
+        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(open_err)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Opens a `sqlite:PATH` (or `sqlite://PATH`) URL.
+    pub async fn open_url(url: &str) -> Result<Self, SqliteError> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        Self::open(path).await
+    }
+
+    /// Events stored in all.
+    pub async fn event_count(&self) -> Result<u64, EventStoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.reader).await.map_err(|e| map_err(&e))?;
+        Ok(to_u64(n))
+    }
+
+    /// The append itself: one transaction on the single writer connection.
+    async fn append_in_transaction(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
+        request.validate()?;
+        let db = |e: sqlx::Error| map_err(&e);
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        if let Some(earlier) = Self::earlier_append(&mut tx, &request).await? {
+            return Ok(earlier);
+        }
+        let actual: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+            .bind(request.stream_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let actual = Version(actual.map_or(0, to_u64));
+        if !request.expected_version.accepts(actual) {
+            return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual });
+        }
+        let mut first_position = None;
+        let mut version = actual;
+        for event in &request.events {
+            version = version.next();
+            let metadata = serde_json::to_string(&event.metadata)
+                .map_err(|e| EventStoreError::InvalidRequest { reason: format!("metadata of {}: {e}", event.event_id) })?;
+            let position: i64 = sqlx::query_scalar(
+                "INSERT INTO events (stream_id, stream_version, event_id, event_type, payload, metadata) VALUES (?, ?, ?, ?, ?, ?) RETURNING global_position",
+            )
+            .bind(request.stream_id.as_str())
+            .bind(to_i64(version.0))
+            .bind(event.event_id.as_bytes().to_vec())
+            .bind(event.event_type.as_str())
+            .bind(event.data.to_vec())
+            .bind(metadata)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            first_position.get_or_insert(position);
+        }
+        sqlx::query("INSERT INTO streams (stream_id, version) VALUES (?, ?) ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version")
+            .bind(request.stream_id.as_str())
+            .bind(to_i64(version.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for intent in &request.outbox {
+            sqlx::query("INSERT INTO outbox (event_id, topic) VALUES (?, ?) ON CONFLICT (event_id, topic) DO NOTHING")
+                .bind(intent.event_id.as_bytes().to_vec())
+                .bind(intent.topic.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(AppendResult {
+            first_version: actual.next(),
+            next_expected_version: version,
+            first_position: GlobalPosition(first_position.map_or(0, to_u64)),
+            duplicate: false,
+        })
+    }
+
+    /// If the request's events are all stored, identically and consecutively in its stream, the
+    /// result of that earlier append; an id stored with other content is an error.
+    async fn earlier_append(conn: &mut sqlx::SqliteConnection, request: &AppendRequest) -> Result<Option<AppendResult>, EventStoreError> {
+        let placeholders = vec!["?"; request.events.len()].join(",");
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({placeholders}) ORDER BY global_position");
+        let mut query = sqlx::query(&sql);
+        for e in &request.events {
+            query = query.bind(e.event_id.as_bytes().to_vec());
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(|e| map_err(&e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let stored: Vec<RecordedEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        let reused = |id: Uuid, stream: &Option<StreamId>| EventStoreError::EventIdReused {
+            event_id: id,
+            stream_id: stream.clone().unwrap_or_else(|| request.stream_id.clone()),
+        };
+        for s in &stored {
+            let asked = request.events.iter().find(|e| e.event_id == s.event.event_id);
+            if asked.is_none_or(|a| !a.same_content(&s.event)) || s.event.stream_id.as_ref() != Some(&request.stream_id) {
+                return Err(reused(s.event.event_id, &s.event.stream_id));
+            }
+        }
+        let in_order = stored.len() == request.events.len() && stored.iter().zip(&request.events).all(|(s, e)| s.event.event_id == e.event_id);
+        let consecutive = stored.windows(2).all(|w| w[1].event.stream_version == w[0].event.stream_version.map(Version::next));
+        if !in_order || !consecutive {
+            return Err(reused(request.events[0].event_id, &Some(request.stream_id.clone())));
+        }
+        Ok(Some(AppendResult {
+            first_version: stored[0].event.stream_version.unwrap_or_default(),
+            next_expected_version: stored[stored.len() - 1].event.stream_version.unwrap_or_default(),
+            first_position: stored[0].position,
+            duplicate: true,
+        }))
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
+        let span = tracing::debug_span!("append", store = "sqlite", stream = %request.stream_id, events = request.events.len());
+        self.append_in_transaction(request).instrument(span).await
+    }
+
+    async fn read_stream(&self, stream_id: &StreamId, from: Version, limit: usize) -> Result<Vec<SerializedEvent>, EventStoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?"))
+            .bind(stream_id.as_str())
+            .bind(to_i64(from.0))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| map_err(&e))?;
+        rows.iter().map(|r| event_from_row(r).map(|e| e.event)).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version, EventStoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(Version(v.map_or(0, to_u64)))
+    }
+
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?"))
+            .bind(to_i64(after.0))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| map_err(&e))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
+        let current = self.stream_version(&snapshot.stream_id).await?;
+        if snapshot.version > current {
+            return Err(EventStoreError::InvalidRequest {
+                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.version >= snapshots.version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(to_i64(snapshot.version.0))
+        .bind(snapshot.state.to_vec())
+        .bind(snapshot.taken_at.to_rfc3339())
+        .execute(&self.writer)
+        .await
+        .map_err(|e| map_err(&e))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, EventStoreError> {
+        let row = sqlx::query("SELECT version, state, taken_at FROM snapshots WHERE stream_id = ?")
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| map_err(&e))?;
+        let Some(row) = row else { return Ok(None) };
+        let get_err = |e: sqlx::Error| corrupt("snapshot row", e);
+        let taken_at: String = row.try_get("taken_at").map_err(get_err)?;
+        let state: Vec<u8> = row.try_get("state").map_err(get_err)?;
+        Ok(Some(Snapshot {
+            stream_id: stream_id.clone(),
+            version: Version(to_u64(row.try_get("version").map_err(get_err)?)),
+            state: Bytes::from(state),
+            taken_at: DateTime::parse_from_rfc3339(&taken_at).map_err(|e| corrupt("snapshot time", e))?.with_timezone(&Utc),
+        }))
+    }
+
+    async fn pending_publications(&self, limit: usize) -> Result<Vec<PendingPublication>, EventStoreError> {
+        let columns = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT o.topic AS topic, {columns} FROM outbox o JOIN events e ON e.event_id = o.event_id WHERE o.published_at IS NULL ORDER BY o.id LIMIT ?"
+        ))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| map_err(&e))?;
+        rows.iter()
+            .map(|row| {
+                let topic: String = row.try_get("topic").map_err(|e| corrupt("outbox row", e))?;
+                Ok(PendingPublication { topic: Topic::new(&topic).map_err(|e| corrupt("outbox topic", e))?, event: event_from_row(row)?.event })
+            })
+            .collect()
+    }
+
+    async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
+        sqlx::query("UPDATE outbox SET published_at = ? WHERE event_id = ? AND topic = ? AND published_at IS NULL")
+            .bind(Utc::now().to_rfc3339())
+            .bind(event_id.as_bytes().to_vec())
+            .bind(topic.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(())
+    }
+}

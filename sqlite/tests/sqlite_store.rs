@@ -1,0 +1,131 @@
+//! The SQLite store: the shared conformance suite, plus what a file-backed store must do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use composable_rust_core::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, SerializedEvent, StreamId, Version};
+use composable_rust_sqlite::{SqliteError, SqliteEventStore};
+use composable_rust_testing::conformance::event_store;
+
+/// A fresh database file, removed with its WAL files when dropped.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("cr-sqlite-{}.db", uuid::Uuid::new_v4().simple())))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_conformance_suite() {
+    let dbs = Arc::new(temp_files::Files::default());
+    let files = Arc::clone(&dbs);
+    event_store::run_all(move || {
+        let files = Arc::clone(&files);
+        async move {
+            let db = TempDb::new();
+            let store = SqliteEventStore::open(&db.0).await.expect("open");
+            files.keep(db);
+            Arc::new(store) as Arc<dyn EventStore>
+        }
+    })
+    .await;
+}
+
+mod temp_files {
+    /// Keeps temp files alive until the test ends.
+    #[derive(Default)]
+    pub struct Files(std::sync::Mutex<Vec<super::TempDb>>);
+
+    impl Files {
+        pub fn keep(&self, db: super::TempDb) {
+            self.0.lock().unwrap().push(db);
+        }
+    }
+}
+
+fn event(n: u8) -> SerializedEvent {
+    SerializedEvent::new("Counted.v1", vec![n], None)
+}
+
+#[tokio::test]
+async fn events_survive_closing_and_reopening_the_file() {
+    let db = TempDb::new();
+    let stream = StreamId::new("order-1").unwrap();
+    {
+        let store = SqliteEventStore::open(&db.0).await.unwrap();
+        store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1), event(2)])).await.unwrap();
+    }
+    let store = SqliteEventStore::open(&db.0).await.unwrap();
+    let read = store.read_stream(&stream, Version(1), 10).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.data[0]).collect::<Vec<_>>(), vec![1, 2]);
+    let err = store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(3)])).await.unwrap_err();
+    assert!(matches!(err, EventStoreError::ConcurrencyConflict { actual: Version(2), .. }), "{err}");
+    assert_eq!(store.event_count().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_during_concurrent_appends_sees_every_event_once_in_order() {
+    let db = TempDb::new();
+    let store = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+    let writers: Vec<_> = (0..4u8)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let stream = StreamId::new(format!("w-{w}")).unwrap();
+                for i in 0..50u8 {
+                    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, vec![event(i)])).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut after = GlobalPosition(0);
+    while seen.len() < 200 {
+        for r in store.read_all(after, 16).await.unwrap() {
+            assert!(r.position > after, "positions only grow");
+            after = r.position;
+            seen.push(r.event.event_id);
+        }
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 200, "every event seen exactly once");
+    assert!(store.read_all(after, 16).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_row_is_a_typed_error_and_nothing_else_changes() {
+    let db = TempDb::new();
+    let stream = StreamId::new("order-9").unwrap();
+    let store = SqliteEventStore::open(&db.0).await.unwrap();
+    store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1)])).await.unwrap();
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.0.display())).await.unwrap();
+        sqlx::query("UPDATE events SET metadata = 'not json'").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let err = store.read_stream(&stream, Version(1), 10).await.unwrap_err();
+    assert!(matches!(err, EventStoreError::Corrupt { .. }), "{err}");
+    assert_eq!(store.stream_version(&stream).await.unwrap(), Version(1), "the stream itself is intact");
+}
+
+#[tokio::test]
+async fn an_unusable_path_is_explained() {
+    let err = SqliteEventStore::open("/nonexistent-dir/sub/events.db").await.unwrap_err();
+    assert!(matches!(err, SqliteError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("check that the directory exists"), "{err}");
+}
