@@ -3,9 +3,9 @@
 #   formatting, clippy (pedantic, warnings are errors), documentation (warnings are errors),
 #   every crate's unit, integration, conformance and doc tests, and the checkout-saga acceptance run.
 #
-# Servers: nats-server (JetStream) is installed if missing and started on a free loopback port with a
-# temporary storage directory, unless NATS_URL points at your own. Later backends (PostgreSQL, a
-# Kafka-protocol broker) add their step the same way. Tests never skip a backend under CI=true.
+# Servers: nats-server (JetStream) and PostgreSQL 15 are installed if missing (Debian packages) and
+# started on free loopback ports in temporary directories, unless NATS_URL / DATABASE_URL point at
+# your own. They are stopped on exit. Tests never skip a backend under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +13,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Debian installs servers under /usr/sbin, which is not on every user's PATH; tests spawn them too.
 export PATH="$PATH:/usr/sbin:/sbin"
 log_dir="$(mktemp -d)"
+pg_dir=""
 source scripts/services/nats.sh
+source scripts/services/postgres.sh
 cleanup() {
   nats_stop "$log_dir/nats"
+  if [ -n "$pg_dir" ]; then
+    pg_stop "$pg_dir"
+    rm -rf "$pg_dir"
+  fi
   rm -rf "$log_dir"
 }
 trap cleanup EXIT
@@ -34,6 +40,16 @@ else
   NATS_URL="$(nats_start "$log_dir/nats")"
   export NATS_URL
   echo "nats-server $(nats-server --version | awk '{print $2}') at $NATS_URL"
+fi
+if [ -n "${DATABASE_URL:-}" ]; then
+  echo "using DATABASE_URL (host part: ${DATABASE_URL##*@})"
+else
+  pg_install
+  # Its own directory: the server may run as the postgres user, which cannot enter $log_dir.
+  pg_dir="$(mktemp -d /tmp/cr-pg.XXXXXX)"
+  DATABASE_URL="$(pg_start "$pg_dir")"
+  export DATABASE_URL
+  echo "PostgreSQL $("$(pg_bin)/postgres" --version | awk '{print $3}') at ${DATABASE_URL##*@}"
 fi
 
 step "formatting (cargo fmt --check)"

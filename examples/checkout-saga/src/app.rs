@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
+use composable_rust_postgres::PostgresEventStore;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
 use composable_rust_sqlite::SqliteEventStore;
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
@@ -34,7 +35,7 @@ pub const DISCONTINUED_SKU: &str = "sku-discontinued";
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A `--store` value this build does not support.
-    #[error("unsupported --store {0:?}: this build supports `memory` and `sqlite:PATH` (the PostgreSQL store is planned in composable-rust-postgres)")]
+    #[error("unsupported --store {0:?}: use `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`")]
     UnsupportedStore(String),
     /// The store could not be opened.
     #[error("event store: {0}")]
@@ -57,6 +58,8 @@ pub enum StoreChoice {
     Memory,
     /// A SQLite file (`sqlite:PATH`): state is kept across runs.
     Sqlite(String),
+    /// PostgreSQL (`postgres://...`); the schema is created if missing.
+    Postgres(String),
 }
 
 impl FromStr for StoreChoice {
@@ -65,6 +68,7 @@ impl FromStr for StoreChoice {
         match s {
             "memory" | "mem" | "in-memory" => Ok(StoreChoice::Memory),
             url if url.starts_with("sqlite:") => Ok(StoreChoice::Sqlite(url.to_string())),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(StoreChoice::Postgres(url.to_string())),
             other => Err(AppError::UnsupportedStore(other.to_string())),
         }
     }
@@ -266,6 +270,11 @@ impl Wiring {
         let dyn_store: Arc<dyn EventStore> = match &config.store {
             StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
             StoreChoice::Sqlite(url) => Arc::new(SqliteEventStore::open_url(url).await.map_err(|e| AppError::Store(e.to_string()))?),
+            StoreChoice::Postgres(url) => {
+                let store = PostgresEventStore::connect(url).await.map_err(|e| AppError::Store(e.to_string()))?;
+                store.migrate().await.map_err(|e| AppError::Store(e.to_string()))?;
+                Arc::new(store)
+            }
         };
         let inner: Arc<dyn EventBus> = match &config.bus {
             // Room for every event of the run, so that no subscriber can lag behind the burst of orders.

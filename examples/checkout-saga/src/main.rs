@@ -36,7 +36,7 @@ struct Args {
     /// Seconds to wait for every checkout to finish.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
-    /// Event store: `memory` or `sqlite:PATH` (kept across runs).
+    /// Event store: `memory`, `sqlite:PATH` (kept across runs) or `postgres://USER@HOST:PORT/DB`.
     #[arg(long, default_value = "memory")]
     store: String,
     /// Event bus: `memory` or `nats://HOST:PORT` (NATS JetStream).
@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         let store = match &config.store {
             StoreChoice::Memory => "in-memory store".to_string(),
             StoreChoice::Sqlite(url) => format!("SQLite store {url}"),
+            StoreChoice::Postgres(url) => format!("PostgreSQL store at {}", url.rsplit('@').next().unwrap_or_default()),
         };
         println!("checkout-saga: {} orders, {store}, {bus}, {} saga worker(s)", report.orders, config.workers);
         println!(

@@ -34,7 +34,7 @@ fn the_default_run_prints_a_summary() {
 
 #[test]
 fn an_unsupported_backend_is_a_clear_error() {
-    let (ok, _, stderr) = run(&["--store", "postgres://localhost/db"]);
+    let (ok, _, stderr) = run(&["--store", "mysql://localhost/db"]);
     assert!(!ok);
     assert!(stderr.contains("unsupported --store"), "{stderr}");
 }
@@ -68,4 +68,18 @@ fn a_sqlite_store_keeps_state_across_runs() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
+}
+
+#[test]
+fn the_same_scenario_runs_on_postgresql() {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but DATABASE_URL is not set (scripts/test.sh starts PostgreSQL and sets it)");
+        eprintln!("skipping: DATABASE_URL not set");
+        return;
+    };
+    let (ok, stdout, stderr) = run(&["--store", &url, "--orders", "200", "--json"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["orders"], 200);
 }

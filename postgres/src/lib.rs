@@ -1,0 +1,27 @@
+//! # composable-rust-postgres
+//!
+//! [`PostgresEventStore`]: the composable-rust [`EventStore`](composable_rust_core::EventStore) on
+//! PostgreSQL (sqlx).
+//!
+//! Guarantees (the conformance suite and this crate's tests check them):
+//! - an append is one transaction: the stream's row is updated with the expected-version check (a
+//!   mismatch is `ConcurrencyConflict` with the actual version), all events go in with one
+//!   multi-row `INSERT ... SELECT FROM UNNEST`, and the outbox intents with them;
+//! - event ids are unique: an identical retry is an idempotent success (`duplicate: true`), a reused
+//!   id with other content is refused;
+//! - **gap-free global reads.** Global positions come from an identity sequence, so a transaction can
+//!   take a lower position and commit after a higher one. Every append holds a *shared* advisory lock
+//!   (key [`APPEND_LOCK_KEY`]) until it commits; `read_all` first takes the *exclusive* lock for an
+//!   instant, which waits for the appends in flight, and reads the highest committed position as its
+//!   horizon. Appends that start later get higher positions, so a reader never moves past an event
+//!   that is still to commit. Shared locks do not block each other: concurrent appends keep
+//!   PostgreSQL's group commit;
+//! - the schema lives in the `composable_rust` schema and is created by [`PostgresEventStore::migrate`]
+//!   (embedded migrations); a store used before that says so.
+//!
+//! Not yet here: the consumer inbox table, the crash test with an outbox relay in a child process, and
+//! the benchmarks against pgbench (see the project's issue 3).
+
+mod store;
+
+pub use store::{APPEND_LOCK_KEY, PostgresConfig, PostgresError, PostgresEventStore};

@@ -1,0 +1,453 @@
+//! The PostgreSQL implementation.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use composable_rust_core::{
+    AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, PendingPublication, RecordedEvent,
+    SerializedEvent, Snapshot, StreamId, Topic, Version,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The advisory lock appends hold shared and `read_all` takes exclusive (see the crate docs).
+pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// `statement_timeout` of every connection.
+    pub statement_timeout: Duration,
+}
+
+impl PostgresConfig {
+    /// Defaults for `url`: 16 connections, 5 s acquire timeout, 10 s statement timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), max_connections: 16, acquire_timeout: Duration::from_secs(5), statement_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The URL is not a PostgreSQL URL.
+    #[error("invalid PostgreSQL URL: {reason}; expected postgres://user:password@host:port/database")]
+    InvalidUrl {
+        /// Why.
+        reason: String,
+    },
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {host}:{port}: {reason}; is the server running and the URL right?")]
+    Unreachable {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
+    /// The schema could not be created.
+    #[error("cannot create the event store schema: {reason}")]
+    Migrate {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The PostgreSQL event store. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct PostgresEventStore {
+    pool: PgPool,
+}
+
+fn map_err(e: &sqlx::Error) -> EventStoreError {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
+            EventStoreError::Unavailable { reason: e.to_string() }
+        }
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("42P01" | "3F000") => {
+                EventStoreError::Backend { reason: format!("{e}: the event store schema is missing; call PostgresEventStore::migrate() once") }
+            }
+            // query_canceled (statement timeout), too many connections, serialization failures: try again.
+            Some("57014" | "53300" | "40001" | "40P01") => EventStoreError::Unavailable { reason: e.to_string() },
+            _ => EventStoreError::Backend { reason: e.to_string() },
+        },
+        other => EventStoreError::Backend { reason: other.to_string() },
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn corrupt(what: &str, reason: impl std::fmt::Display) -> EventStoreError {
+    EventStoreError::Corrupt { reason: format!("{what}: {reason}") }
+}
+
+#[allow(clippy::cast_possible_wrap)] // versions and positions stay far below i64::MAX
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+#[allow(clippy::cast_sign_loss)] // stored versions and positions are never negative (CHECK constraints)
+fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id::text AS event_id, event_type, payload, metadata::text AS metadata";
+
+/// [`EVENT_COLUMNS`] qualified by a table alias, for joins.
+fn event_columns_of(alias: &str) -> String {
+    format!(
+        "{alias}.global_position, {alias}.stream_id, {alias}.stream_version, {alias}.event_id::text AS event_id, {alias}.event_type, {alias}.payload, {alias}.metadata::text AS metadata"
+    )
+}
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent, EventStoreError> {
+    let get_err = |e: sqlx::Error| corrupt("event row", e);
+    let id: String = row.try_get("event_id").map_err(get_err)?;
+    let event_id = Uuid::parse_str(&id).map_err(|e| corrupt("event id", e))?;
+    let stream: String = row.try_get("stream_id").map_err(get_err)?;
+    let metadata_json: String = row.try_get("metadata").map_err(get_err)?;
+    let metadata: EventMetadata = serde_json::from_str(&metadata_json).map_err(|e| corrupt(&format!("metadata of event {event_id}"), e))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(get_err)?;
+    Ok(RecordedEvent {
+        position: GlobalPosition(to_u64(row.try_get("global_position").map_err(get_err)?)),
+        event: SerializedEvent {
+            event_id,
+            event_type: row.try_get("event_type").map_err(get_err)?,
+            stream_id: Some(StreamId::new(stream).map_err(|e| corrupt("stream id", e))?),
+            stream_version: Some(Version(to_u64(row.try_get("stream_version").map_err(get_err)?))),
+            data: Bytes::from(payload),
+            metadata,
+        },
+    })
+}
+
+impl PostgresEventStore {
+    /// Connects with default settings. Call [`PostgresEventStore::migrate`] once per database.
+    pub async fn connect(url: &str) -> Result<Self, PostgresError> {
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects with `config`.
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self, PostgresError> {
+        if !(config.url.starts_with("postgres://") || config.url.starts_with("postgresql://")) {
+            return Err(PostgresError::InvalidUrl {
+                reason: format!("{:?} does not start with postgres://", config.url.split('@').next_back().unwrap_or_default()),
+            });
+        }
+        let options = PgConnectOptions::from_str(&config.url).map_err(|e| PostgresError::InvalidUrl { reason: e.to_string() })?;
+        let (host, port) = (options.get_host().to_string(), options.get_port());
+        let timeout_ms = config.statement_timeout.as_millis().to_string();
+        let options = options.options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| PostgresError::Unreachable { host, port, reason: e.to_string() })?;
+        Ok(Self { pool })
+    }
+
+    /// Creates or upgrades the schema (embedded migrations; safe to call on every start).
+    pub async fn migrate(&self) -> Result<(), PostgresError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await.map_err(|e| PostgresError::Migrate { reason: e.to_string() })
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The result of an earlier identical append of the request's events, if there is one; an id
+    /// stored with other content is an error.
+    async fn earlier_append(executor: &mut sqlx::PgConnection, request: &AppendRequest) -> Result<Option<AppendResult>, EventStoreError> {
+        let ids: Vec<String> = request.events.iter().map(|e| e.event_id.to_string()).collect();
+        let rows =
+            sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM composable_rust.events WHERE event_id = ANY($1::text[]::uuid[]) ORDER BY global_position"))
+                .bind(&ids)
+                .fetch_all(&mut *executor)
+                .await
+                .map_err(|e| map_err(&e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let stored: Vec<RecordedEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        let reused = |id: Uuid, stream: &Option<StreamId>| EventStoreError::EventIdReused {
+            event_id: id,
+            stream_id: stream.clone().unwrap_or_else(|| request.stream_id.clone()),
+        };
+        for s in &stored {
+            let asked = request.events.iter().find(|e| e.event_id == s.event.event_id);
+            if asked.is_none_or(|a| !a.same_content(&s.event)) || s.event.stream_id.as_ref() != Some(&request.stream_id) {
+                return Err(reused(s.event.event_id, &s.event.stream_id));
+            }
+        }
+        let in_order = stored.len() == request.events.len() && stored.iter().zip(&request.events).all(|(s, e)| s.event.event_id == e.event_id);
+        let consecutive = stored.windows(2).all(|w| w[1].event.stream_version == w[0].event.stream_version.map(Version::next));
+        if !in_order || !consecutive {
+            return Err(reused(request.events[0].event_id, &Some(request.stream_id.clone())));
+        }
+        Ok(Some(AppendResult {
+            first_version: stored[0].event.stream_version.unwrap_or_default(),
+            next_expected_version: stored[stored.len() - 1].event.stream_version.unwrap_or_default(),
+            first_position: stored[0].position,
+            duplicate: true,
+        }))
+    }
+
+    /// Bumps the stream's version by `n` if it is at the expected version; returns the version before.
+    async fn claim_versions(tx: &mut Transaction<'_, Postgres>, request: &AppendRequest, n: i64) -> Result<Version, EventStoreError> {
+        let stream = request.stream_id.as_str();
+        let db = |e: sqlx::Error| map_err(&e);
+        let new_version: Option<i64> = match request.expected_version {
+            ExpectedVersion::Any => Some(
+                sqlx::query_scalar(
+                    "INSERT INTO composable_rust.streams (stream_id, version) VALUES ($1, $2) \
+                     ON CONFLICT (stream_id) DO UPDATE SET version = composable_rust.streams.version + $2 RETURNING version",
+                )
+                .bind(stream)
+                .bind(n)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?,
+            ),
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => sqlx::query_scalar(
+                "INSERT INTO composable_rust.streams (stream_id, version) VALUES ($1, $2) ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+            )
+            .bind(stream)
+            .bind(n)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?,
+            ExpectedVersion::Exact(v) => {
+                sqlx::query_scalar("UPDATE composable_rust.streams SET version = version + $2 WHERE stream_id = $1 AND version = $3 RETURNING version")
+                    .bind(stream)
+                    .bind(n)
+                    .bind(to_i64(v.0))
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db)?
+            }
+        };
+        if let Some(v) = new_version {
+            return Ok(Version(to_u64(v - n)));
+        }
+        let actual: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM composable_rust.streams WHERE stream_id = $1").bind(stream).fetch_optional(&mut **tx).await.map_err(db)?;
+        Err(EventStoreError::ConcurrencyConflict {
+            stream_id: request.stream_id.clone(),
+            expected: request.expected_version,
+            actual: Version(actual.map_or(0, to_u64)),
+        })
+    }
+
+    async fn try_append(&self, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        let db = |e: sqlx::Error| map_err(&e);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(db)?;
+        if let Some(earlier) = Self::earlier_append(&mut tx, request).await? {
+            return Ok(earlier);
+        }
+        let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
+        let before = Self::claim_versions(&mut tx, request, n).await?;
+        let versions: Vec<i64> = (1..=n).map(|k| to_i64(before.0) + k).collect();
+        let ids: Vec<String> = request.events.iter().map(|e| e.event_id.to_string()).collect();
+        let types: Vec<&str> = request.events.iter().map(|e| e.event_type.as_str()).collect();
+        let schema_versions: Vec<Option<i32>> = request.events.iter().map(|e| e.schema_version().and_then(|v| i32::try_from(v).ok())).collect();
+        let payloads: Vec<Vec<u8>> = request.events.iter().map(|e| e.data.to_vec()).collect();
+        let metadata: Vec<String> = request
+            .events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata).map_err(|err| EventStoreError::InvalidRequest { reason: format!("metadata of {}: {err}", e.event_id) }))
+            .collect::<Result<_, _>>()?;
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO composable_rust.events (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata) \
+             SELECT $1, u.v, u.id::uuid, u.t, u.sv, u.p, u.m::jsonb \
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::bytea[], $7::text[]) WITH ORDINALITY AS u(v, id, t, sv, p, m, ord) \
+             ORDER BY u.ord RETURNING global_position",
+        )
+        .bind(request.stream_id.as_str())
+        .bind(&versions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() }
+            } else {
+                map_err(&e)
+            }
+        })?;
+        if !request.outbox.is_empty() {
+            let outbox_ids: Vec<String> = request.outbox.iter().map(|o| o.event_id.to_string()).collect();
+            let topics: Vec<&str> = request.outbox.iter().map(|o| o.topic.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO composable_rust.outbox (event_id, topic) SELECT u.id::uuid, u.t FROM UNNEST($1::text[], $2::text[]) AS u(id, t) \
+                 ON CONFLICT (event_id, topic) DO NOTHING",
+            )
+            .bind(&outbox_ids)
+            .bind(&topics)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(AppendResult {
+            first_version: before.next(),
+            next_expected_version: Version(before.0 + to_u64(n)),
+            first_position: GlobalPosition(positions.iter().copied().min().map_or(0, to_u64)),
+            duplicate: false,
+        })
+    }
+
+    /// The highest position below which no append is still in flight (see the crate docs).
+    async fn read_horizon(&self) -> Result<i64, EventStoreError> {
+        let db = |e: sqlx::Error| map_err(&e);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(db)?;
+        let horizon: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(horizon)
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
+        request.validate()?;
+        let span = tracing::debug_span!("append", store = "postgres", stream = %request.stream_id, events = request.events.len());
+        match self.try_append(&request).instrument(span).await {
+            // A concurrent identical retry may have committed first: that is success, not a conflict.
+            Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. })) => {
+                let mut conn = self.pool.acquire().await.map_err(|e| map_err(&e))?;
+                match Self::earlier_append(&mut conn, &request).await? {
+                    Some(earlier) => Ok(earlier),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn read_stream(&self, stream_id: &StreamId, from: Version, limit: usize) -> Result<Vec<SerializedEvent>, EventStoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM composable_rust.events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream_id.as_str())
+        .bind(to_i64(from.0))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_err(&e))?;
+        rows.iter().map(|r| event_from_row(r).map(|e| e.event)).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version, EventStoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM composable_rust.streams WHERE stream_id = $1")
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(Version(v.map_or(0, to_u64)))
+    }
+
+    async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let horizon = self.read_horizon().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM composable_rust.events WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position LIMIT $3"
+        ))
+        .bind(to_i64(after.0))
+        .bind(horizon)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_err(&e))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
+        let current = self.stream_version(&snapshot.stream_id).await?;
+        if snapshot.version > current {
+            return Err(EventStoreError::InvalidRequest {
+                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO composable_rust.snapshots (stream_id, version, state, taken_at) VALUES ($1, $2, $3, $4::text::timestamptz) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.version >= composable_rust.snapshots.version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(to_i64(snapshot.version.0))
+        .bind(snapshot.state.to_vec())
+        .bind(snapshot.taken_at.to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_err(&e))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>, EventStoreError> {
+        let row = sqlx::query("SELECT version, state, to_char(taken_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS taken_at FROM composable_rust.snapshots WHERE stream_id = $1")
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_err(&e))?;
+        let Some(row) = row else { return Ok(None) };
+        let get_err = |e: sqlx::Error| corrupt("snapshot row", e);
+        let taken_at: String = row.try_get("taken_at").map_err(get_err)?;
+        let state: Vec<u8> = row.try_get("state").map_err(get_err)?;
+        Ok(Some(Snapshot {
+            stream_id: stream_id.clone(),
+            version: Version(to_u64(row.try_get("version").map_err(get_err)?)),
+            state: Bytes::from(state),
+            taken_at: DateTime::parse_from_rfc3339(&taken_at).map_err(|e| corrupt("snapshot time", e))?.with_timezone(&Utc),
+        }))
+    }
+
+    async fn pending_publications(&self, limit: usize) -> Result<Vec<PendingPublication>, EventStoreError> {
+        let columns = event_columns_of("e");
+        let rows = sqlx::query(&format!(
+            "SELECT o.topic AS topic, {columns} FROM composable_rust.outbox o JOIN composable_rust.events e ON e.event_id = o.event_id \
+             WHERE o.published_at IS NULL ORDER BY o.id LIMIT $1"
+        ))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_err(&e))?;
+        rows.iter()
+            .map(|row| {
+                let topic: String = row.try_get("topic").map_err(|e| corrupt("outbox row", e))?;
+                Ok(PendingPublication { topic: Topic::new(&topic).map_err(|e| corrupt("outbox topic", e))?, event: event_from_row(row)?.event })
+            })
+            .collect()
+    }
+
+    async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
+        sqlx::query("UPDATE composable_rust.outbox SET published_at = now() WHERE event_id = $1::text::uuid AND topic = $2 AND published_at IS NULL")
+            .bind(event_id.to_string())
+            .bind(topic.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(&e))?;
+        Ok(())
+    }
+}
