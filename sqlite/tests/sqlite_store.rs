@@ -129,3 +129,36 @@ async fn an_unusable_path_is_explained() {
     assert!(matches!(err, SqliteError::Open { .. }), "{err}");
     assert!(err.to_string().contains("check that the directory exists"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_writers_on_one_stream_leave_no_gap_and_no_duplicate() {
+    let db = TempDb::new();
+    let store = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+    let stream = StreamId::new("contended").unwrap();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|w| {
+            let (store, stream) = (Arc::clone(&store), stream.clone());
+            tokio::spawn(async move {
+                for i in 0..200u32 {
+                    loop {
+                        let v = store.stream_version(&stream).await.unwrap();
+                        let e = SerializedEvent::new("Counted.v1", (w * 1000 + i).to_be_bytes().to_vec(), None);
+                        match store.append(AppendRequest::new(stream.clone(), ExpectedVersion::from_loaded(v), vec![e])).await {
+                            Ok(_) => break,
+                            Err(EventStoreError::ConcurrencyConflict { .. }) => {}
+                            Err(e) => panic!("writer {w}: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = composable_rust_core::event_store::read_stream_to_end(&*store, &stream, Version(1)).await.unwrap();
+    assert_eq!(all.len(), 3200);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.stream_version, Some(Version(i as u64 + 1)), "no gap, no duplicate");
+    }
+}

@@ -12,6 +12,7 @@ use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
 use composable_rust_postgres::PostgresEventStore;
+use composable_rust_runtime::outbox::spawn_relay;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
 use composable_rust_sqlite::SqliteEventStore;
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
@@ -310,6 +311,10 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     let head_before = head_position(&*w.dyn_store).await.map_err(|e| AppError::Store(e.to_string()))?;
     let started = Instant::now();
 
+    // A durable store may hold publishes a crashed run never made: the relay publishes them now and
+    // then every few seconds (at-least-once; the saga recognises what it has seen).
+    let relay = (config.store != StoreChoice::Memory).then(|| spawn_relay(Arc::clone(&w.dyn_store), Arc::clone(&w.dyn_bus), Duration::from_secs(5)));
+
     // Watch order outcomes from the bus to know when every checkout is done.
     let mut outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
     let mut workers = Vec::new();
@@ -352,6 +357,9 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
     }
     let (mut saga_steps, mut saga_duplicates) = (0, 0);
+    if let Some(relay) = relay {
+        relay.shutdown().await;
+    }
     for worker in workers {
         let stats = worker.shutdown().await;
         saga_steps += stats.applied;
