@@ -4,9 +4,10 @@
 //! PostgreSQL (sqlx).
 //!
 //! Guarantees (the conformance suite and this crate's tests check them):
-//! - an append is one transaction: the stream's row is updated with the expected-version check (a
-//!   mismatch is `ConcurrencyConflict` with the actual version), all events go in with one
-//!   multi-row `INSERT ... SELECT FROM UNNEST`, and the outbox intents with them;
+//! - an append is **one statement, one round trip, one transaction**: it takes the shared append lock,
+//!   claims the versions on the stream's row (a mismatch inserts nothing and is reported as
+//!   `ConcurrencyConflict` with the actual version), inserts all events with one
+//!   `INSERT ... SELECT FROM UNNEST`, and the outbox intents with them;
 //! - event ids are unique: an identical retry is an idempotent success (`duplicate: true`), a reused
 //!   id with other content is refused;
 //! - **gap-free global reads.** Global positions come from an identity sequence, so a transaction can
@@ -19,8 +20,8 @@
 //! - the schema lives in the `composable_rust` schema and is created by [`PostgresEventStore::migrate`]
 //!   (embedded migrations); a store used before that says so.
 //!
-//! Not yet here: the consumer inbox table, the crash test with an outbox relay in a child process, and
-//! the benchmarks against pgbench (see the project's issue 3).
+//! Not yet here: the consumer inbox table (the saga runner de-duplicates through its own stream, whose
+//! unique event ids make that atomic with the step) and a testcontainers helper.
 
 mod store;
 

@@ -11,7 +11,7 @@ use composable_rust_core::{
     SerializedEvent, Snapshot, StreamId, Topic, Version,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -209,111 +209,85 @@ impl PostgresEventStore {
         }))
     }
 
-    /// Bumps the stream's version by `n` if it is at the expected version; returns the version before.
-    async fn claim_versions(tx: &mut Transaction<'_, Postgres>, request: &AppendRequest, n: i64) -> Result<Version, EventStoreError> {
-        let stream = request.stream_id.as_str();
-        let db = |e: sqlx::Error| map_err(&e);
-        let new_version: Option<i64> = match request.expected_version {
-            ExpectedVersion::Any => Some(
-                sqlx::query_scalar(
-                    "INSERT INTO composable_rust.streams (stream_id, version) VALUES ($1, $2) \
-                     ON CONFLICT (stream_id) DO UPDATE SET version = composable_rust.streams.version + $2 RETURNING version",
-                )
-                .bind(stream)
-                .bind(n)
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(db)?,
-            ),
-            ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => sqlx::query_scalar(
-                "INSERT INTO composable_rust.streams (stream_id, version) VALUES ($1, $2) ON CONFLICT (stream_id) DO NOTHING RETURNING version",
-            )
-            .bind(stream)
-            .bind(n)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db)?,
-            ExpectedVersion::Exact(v) => {
-                sqlx::query_scalar("UPDATE composable_rust.streams SET version = version + $2 WHERE stream_id = $1 AND version = $3 RETURNING version")
-                    .bind(stream)
-                    .bind(n)
-                    .bind(to_i64(v.0))
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(db)?
+    /// The whole append in one statement (one round trip, one implicit transaction): take the shared
+    /// append lock, claim the versions on the stream's row, insert the events and the outbox intents.
+    /// An expected-version mismatch inserts nothing; a reused event id fails the statement, and the
+    /// caller then tells an identical retry from a real reuse.
+    async fn try_append(&self, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
+        let claim = match request.expected_version {
+            ExpectedVersion::Any => {
+                "INSERT INTO composable_rust.streams (stream_id, version) SELECT $2, $3 FROM gate \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = composable_rust.streams.version + $3 RETURNING version"
+            }
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(Version(0)) => {
+                "INSERT INTO composable_rust.streams (stream_id, version) SELECT $2, $3 FROM gate ON CONFLICT (stream_id) DO NOTHING RETURNING version"
+            }
+            ExpectedVersion::Exact(_) => {
+                "UPDATE composable_rust.streams SET version = version + $3 FROM gate WHERE stream_id = $2 AND version = $11 RETURNING version"
             }
         };
-        if let Some(v) = new_version {
-            return Ok(Version(to_u64(v - n)));
-        }
-        let actual: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM composable_rust.streams WHERE stream_id = $1").bind(stream).fetch_optional(&mut **tx).await.map_err(db)?;
-        Err(EventStoreError::ConcurrencyConflict {
-            stream_id: request.stream_id.clone(),
-            expected: request.expected_version,
-            actual: Version(actual.map_or(0, to_u64)),
-        })
-    }
-
-    async fn try_append(&self, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
-        let db = |e: sqlx::Error| map_err(&e);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(db)?;
-        if let Some(earlier) = Self::earlier_append(&mut tx, request).await? {
-            return Ok(earlier);
-        }
-        let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
-        let before = Self::claim_versions(&mut tx, request, n).await?;
-        let versions: Vec<i64> = (1..=n).map(|k| to_i64(before.0) + k).collect();
+        let expected = match request.expected_version {
+            ExpectedVersion::Exact(v) => to_i64(v.0),
+            _ => 0,
+        };
+        let sql = format!(
+            "WITH gate AS (SELECT pg_advisory_xact_lock_shared($1) AS locked), \
+             claim AS ({claim}), \
+             ins AS ( \
+               INSERT INTO composable_rust.events (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata) \
+               SELECT $2, c.version - $3 + u.ord, u.id::uuid, u.t, u.sv, u.p, u.m::jsonb \
+               FROM claim c, UNNEST($4::text[], $5::text[], $6::int[], $7::bytea[], $8::text[]) WITH ORDINALITY AS u(id, t, sv, p, m, ord) \
+               ORDER BY u.ord RETURNING global_position), \
+             outbox AS ( \
+               INSERT INTO composable_rust.outbox (event_id, topic) \
+               SELECT o.id::uuid, o.t FROM UNNEST($9::text[], $10::text[]) AS o(id, t) WHERE EXISTS (SELECT 1 FROM ins) \
+               ON CONFLICT (event_id, topic) DO NOTHING) \
+             SELECT (SELECT version FROM claim) AS new_version, (SELECT min(global_position) FROM ins) AS first_position"
+        );
         let ids: Vec<String> = request.events.iter().map(|e| e.event_id.to_string()).collect();
         let types: Vec<&str> = request.events.iter().map(|e| e.event_type.as_str()).collect();
         let schema_versions: Vec<Option<i32>> = request.events.iter().map(|e| e.schema_version().and_then(|v| i32::try_from(v).ok())).collect();
-        let payloads: Vec<Vec<u8>> = request.events.iter().map(|e| e.data.to_vec()).collect();
+        let payloads: Vec<&[u8]> = request.events.iter().map(|e| &e.data[..]).collect();
         let metadata: Vec<String> = request
             .events
             .iter()
             .map(|e| serde_json::to_string(&e.metadata).map_err(|err| EventStoreError::InvalidRequest { reason: format!("metadata of {}: {err}", e.event_id) }))
             .collect::<Result<_, _>>()?;
-        let positions: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO composable_rust.events (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata) \
-             SELECT $1, u.v, u.id::uuid, u.t, u.sv, u.p, u.m::jsonb \
-             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::bytea[], $7::text[]) WITH ORDINALITY AS u(v, id, t, sv, p, m, ord) \
-             ORDER BY u.ord RETURNING global_position",
-        )
-        .bind(request.stream_id.as_str())
-        .bind(&versions)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() }
-            } else {
-                map_err(&e)
-            }
-        })?;
-        if !request.outbox.is_empty() {
-            let outbox_ids: Vec<String> = request.outbox.iter().map(|o| o.event_id.to_string()).collect();
-            let topics: Vec<&str> = request.outbox.iter().map(|o| o.topic.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO composable_rust.outbox (event_id, topic) SELECT u.id::uuid, u.t FROM UNNEST($1::text[], $2::text[]) AS u(id, t) \
-                 ON CONFLICT (event_id, topic) DO NOTHING",
-            )
+        let outbox_ids: Vec<String> = request.outbox.iter().map(|o| o.event_id.to_string()).collect();
+        let topics: Vec<&str> = request.outbox.iter().map(|o| o.topic.as_str()).collect();
+        let row = sqlx::query(&sql)
+            .bind(APPEND_LOCK_KEY)
+            .bind(request.stream_id.as_str())
+            .bind(n)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .bind(&metadata)
             .bind(&outbox_ids)
             .bind(&topics)
-            .execute(&mut *tx)
+            .bind(expected)
+            .fetch_one(&self.pool)
             .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() }
+                } else {
+                    map_err(&e)
+                }
+            })?;
+        let new_version: Option<i64> = row.try_get("new_version").map_err(|e| map_err(&e))?;
+        let first_position: Option<i64> = row.try_get("first_position").map_err(|e| map_err(&e))?;
+        let (Some(new_version), Some(first_position)) = (new_version, first_position) else {
+            let actual = self.stream_version(&request.stream_id).await?;
+            return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual });
+        };
+        let before = Version(to_u64(new_version - n));
         Ok(AppendResult {
             first_version: before.next(),
-            next_expected_version: Version(before.0 + to_u64(n)),
-            first_position: GlobalPosition(positions.iter().copied().min().map_or(0, to_u64)),
+            next_expected_version: Version(to_u64(new_version)),
+            first_position: GlobalPosition(to_u64(first_position)),
             duplicate: false,
         })
     }
@@ -335,7 +309,7 @@ impl EventStore for PostgresEventStore {
         request.validate()?;
         let span = tracing::debug_span!("append", store = "postgres", stream = %request.stream_id, events = request.events.len());
         match self.try_append(&request).instrument(span).await {
-            // A concurrent identical retry may have committed first: that is success, not a conflict.
+            // An identical retry (or one that raced with us) is success, not a conflict.
             Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. })) => {
                 let mut conn = self.pool.acquire().await.map_err(|e| map_err(&e))?;
                 match Self::earlier_append(&mut conn, &request).await? {
