@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p composable-rust-postgres`.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::cast_precision_loss)]
 
 use std::process::Command;
 use std::sync::Arc;
