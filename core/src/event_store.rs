@@ -220,6 +220,36 @@ pub trait EventStore: Send + Sync + 'static {
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError>;
 }
 
+/// Decides what an append whose event ids are already (partly) stored is: `stored` holds those
+/// stored events, ordered by position. No stored event: a fresh append (`Ok(None)`). Every event
+/// stored identically, in order, consecutively, in the same stream: an idempotent retry, answered
+/// with the original result (`duplicate: true`). Anything else: [`EventStoreError::EventIdReused`].
+/// Every store uses this, so the rule is the same everywhere.
+pub fn identical_retry(request: &AppendRequest, stored: &[RecordedEvent]) -> Result<Option<AppendResult>, EventStoreError> {
+    let (Some(first), Some(last)) = (stored.first(), stored.last()) else { return Ok(None) };
+    let reused = |id: Uuid, stream: &Option<StreamId>| EventStoreError::EventIdReused {
+        event_id: id,
+        stream_id: stream.clone().unwrap_or_else(|| request.stream_id.clone()),
+    };
+    for s in stored {
+        let asked = request.events.iter().find(|e| e.event_id == s.event.event_id);
+        if asked.is_none_or(|a| !a.same_content(&s.event)) || s.event.stream_id.as_ref() != Some(&request.stream_id) {
+            return Err(reused(s.event.event_id, &s.event.stream_id));
+        }
+    }
+    let in_order = stored.len() == request.events.len() && stored.iter().zip(&request.events).all(|(s, e)| s.event.event_id == e.event_id);
+    let consecutive = stored.windows(2).all(|w| w[1].event.stream_version == w[0].event.stream_version.map(Version::next));
+    if !in_order || !consecutive {
+        return Err(reused(request.events[0].event_id, &Some(request.stream_id.clone())));
+    }
+    Ok(Some(AppendResult {
+        first_version: first.event.stream_version.unwrap_or_default(),
+        next_expected_version: last.event.stream_version.unwrap_or_default(),
+        first_position: first.position,
+        duplicate: true,
+    }))
+}
+
 /// Reads a whole stream from `from`, page by page.
 pub async fn read_stream_to_end(store: &dyn EventStore, stream_id: &StreamId, from: Version) -> Result<Vec<SerializedEvent>, EventStoreError> {
     const PAGE: usize = 1024;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use composable_rust_core::event_store::identical_retry;
 use composable_rust_core::{
     AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot,
     StreamId, Topic, Version,
@@ -189,31 +190,8 @@ impl SqliteEventStore {
             query = query.bind(e.event_id.as_bytes().to_vec());
         }
         let rows = query.fetch_all(&mut *conn).await.map_err(|e| map_err(&e))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
         let stored: Vec<RecordedEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-        let reused = |id: Uuid, stream: &Option<StreamId>| EventStoreError::EventIdReused {
-            event_id: id,
-            stream_id: stream.clone().unwrap_or_else(|| request.stream_id.clone()),
-        };
-        for s in &stored {
-            let asked = request.events.iter().find(|e| e.event_id == s.event.event_id);
-            if asked.is_none_or(|a| !a.same_content(&s.event)) || s.event.stream_id.as_ref() != Some(&request.stream_id) {
-                return Err(reused(s.event.event_id, &s.event.stream_id));
-            }
-        }
-        let in_order = stored.len() == request.events.len() && stored.iter().zip(&request.events).all(|(s, e)| s.event.event_id == e.event_id);
-        let consecutive = stored.windows(2).all(|w| w[1].event.stream_version == w[0].event.stream_version.map(Version::next));
-        if !in_order || !consecutive {
-            return Err(reused(request.events[0].event_id, &Some(request.stream_id.clone())));
-        }
-        Ok(Some(AppendResult {
-            first_version: stored[0].event.stream_version.unwrap_or_default(),
-            next_expected_version: stored[stored.len() - 1].event.stream_version.unwrap_or_default(),
-            first_position: stored[0].position,
-            duplicate: true,
-        }))
+        identical_retry(request, &stored)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use composable_rust_core::event_store::identical_retry;
 use composable_rust_core::{
     AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic,
     Version,
@@ -61,39 +62,11 @@ impl InMemoryEventStore {
     }
 }
 
-/// If every event of the request is already stored, identically and in order in the same stream, the
-/// append is an idempotent retry: returns its original result. An id reused otherwise is an error.
-fn idempotent_retry(inner: &Inner, request: &AppendRequest) -> Result<Option<AppendResult>, EventStoreError> {
-    let mut found: Vec<usize> = Vec::new();
-    for e in &request.events {
-        if let Some(&idx) = inner.by_id.get(&e.event_id) {
-            let stored = &inner.log[idx].event;
-            if !stored.same_content(e) || stored.stream_id.as_ref() != Some(&request.stream_id) {
-                return Err(EventStoreError::EventIdReused {
-                    event_id: e.event_id,
-                    stream_id: stored.stream_id.clone().unwrap_or_else(|| request.stream_id.clone()),
-                });
-            }
-            found.push(idx);
-        }
-    }
-    if found.is_empty() {
-        return Ok(None);
-    }
-    let consecutive = found.len() == request.events.len()
-        && found.windows(2).all(|w| inner.log[w[1]].event.stream_version == inner.log[w[0]].event.stream_version.map(Version::next));
-    if !consecutive {
-        let e = &request.events[0];
-        return Err(EventStoreError::EventIdReused { event_id: e.event_id, stream_id: request.stream_id.clone() });
-    }
-    let first = &inner.log[found[0]];
-    let last = &inner.log[found[found.len() - 1]];
-    Ok(Some(AppendResult {
-        first_version: first.event.stream_version.unwrap_or_default(),
-        next_expected_version: last.event.stream_version.unwrap_or_default(),
-        first_position: first.position,
-        duplicate: true,
-    }))
+/// The stored events whose ids the request carries, in position order (usually none).
+fn already_stored(inner: &Inner, request: &AppendRequest) -> Vec<RecordedEvent> {
+    let mut found: Vec<usize> = request.events.iter().filter_map(|e| inner.by_id.get(&e.event_id).copied()).collect();
+    found.sort_unstable();
+    found.into_iter().map(|i| inner.log[i].clone()).collect()
 }
 
 #[async_trait]
@@ -101,7 +74,7 @@ impl EventStore for InMemoryEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         request.validate()?;
         let mut inner = self.inner.write();
-        if let Some(result) = idempotent_retry(&inner, &request)? {
+        if let Some(result) = identical_retry(&request, &already_stored(&inner, &request))? {
             return Ok(result);
         }
         let actual = Version(inner.streams.get(&request.stream_id).map_or(0, |v| v.len() as u64));
