@@ -37,6 +37,16 @@ pub struct OutboxIntent {
     pub event_id: Uuid,
 }
 
+/// "Consumer `consumer` has handled event `event_id`": an inbox row written in the same atomic step
+/// as the consumer's own append, so that a redelivered event cannot be applied twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxMark {
+    /// The consumer (e.g. the saga's name).
+    pub consumer: String,
+    /// The event it handled.
+    pub event_id: Uuid,
+}
+
 /// Everything one append writes atomically.
 #[derive(Debug, Clone)]
 pub struct AppendRequest {
@@ -48,12 +58,22 @@ pub struct AppendRequest {
     pub events: Vec<SerializedEvent>,
     /// Publish intents stored in the same step (may be empty).
     pub outbox: Vec<OutboxIntent>,
+    /// An inbox row stored in the same step; if the consumer already handled that event, the whole
+    /// append is refused with [`EventStoreError::AlreadyProcessed`].
+    pub inbox: Option<InboxMark>,
 }
 
 impl AppendRequest {
-    /// An append without outbox intents.
+    /// An append without outbox intents or inbox mark.
     pub fn new(stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Self {
-        Self { stream_id, expected_version, events, outbox: Vec::new() }
+        Self { stream_id, expected_version, events, outbox: Vec::new(), inbox: None }
+    }
+
+    /// Adds an inbox mark.
+    #[must_use]
+    pub fn with_inbox(mut self, consumer: impl Into<String>, event_id: Uuid) -> Self {
+        self.inbox = Some(InboxMark { consumer: consumer.into(), event_id });
+        self
     }
 
     /// Checks what every store checks before touching storage: at least one event, payloads within
@@ -69,6 +89,9 @@ impl AppendRequest {
             if e.event_type.is_empty() {
                 return Err(EventStoreError::InvalidRequest { reason: format!("event {} has an empty event type", e.event_id) });
             }
+        }
+        if self.inbox.as_ref().is_some_and(|m| m.consumer.is_empty()) {
+            return Err(EventStoreError::InvalidRequest { reason: "inbox mark with an empty consumer name".into() });
         }
         for intent in &self.outbox {
             if !self.events.iter().any(|e| e.event_id == intent.event_id) {
@@ -147,6 +170,15 @@ pub enum EventStoreError {
         event_id: Uuid,
         /// Where the stored event lives.
         stream_id: StreamId,
+    },
+    /// The consumer named in the append's inbox mark has already handled that event: nothing was
+    /// stored. Treat the delivery as a duplicate.
+    #[error("consumer {consumer} has already processed event {event_id}; the redelivery is a duplicate")]
+    AlreadyProcessed {
+        /// The consumer.
+        consumer: String,
+        /// The event.
+        event_id: Uuid,
     },
     /// A payload exceeds the documented limit.
     #[error("event {event_id} payload is {size} bytes, the limit is {limit}: store large blobs elsewhere and reference them")]

@@ -31,7 +31,9 @@ pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, D
 pub use effect::{Callback, Effect, EffectId, EventStoreOperation};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
 pub use event_bus::{BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
-pub use event_store::{AppendRequest, AppendResult, EventStore, EventStoreError, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot};
+pub use event_store::{
+    AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot,
+};
 pub use reducer::{Effects, Reducer};
 pub use saga::{Saga, SagaInput};
 pub use stream::{ExpectedVersion, GlobalPosition, StreamId, StreamIdError, Version};

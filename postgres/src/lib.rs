@@ -20,8 +20,10 @@
 //! - the schema lives in the `composable_rust` schema and is created by [`PostgresEventStore::migrate`]
 //!   (embedded migrations); a store used before that says so.
 //!
-//! Not yet here: the consumer inbox table (the saga runner de-duplicates through its own stream, whose
-//! unique event ids make that atomic with the step) and a testcontainers helper.
+//! - an append's inbox mark (consumer, event id) is inserted by the same statement: a consumer cannot
+//!   record the handling of one event twice (`AlreadyProcessed`).
+//!
+//! Not yet here: a testcontainers helper.
 
 mod store;
 

@@ -89,8 +89,12 @@ fn map_err(e: &sqlx::Error) -> EventStoreError {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+/// The violated constraint's name, if `e` is a unique violation.
+fn unique_violation(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => Some(db.constraint().unwrap_or("")),
+        _ => None,
+    }
 }
 
 fn corrupt(what: &str, reason: impl std::fmt::Display) -> EventStoreError {
@@ -217,6 +221,8 @@ impl PostgresEventStore {
                SELECT $2, c.version - $3 + u.ord, u.id::uuid, u.t, u.sv, u.p, u.m::jsonb \
                FROM claim c, UNNEST($4::text[], $5::text[], $6::int[], $7::bytea[], $8::text[]) WITH ORDINALITY AS u(id, t, sv, p, m, ord) \
                ORDER BY u.ord RETURNING global_position), \
+             inbox AS ( \
+               INSERT INTO composable_rust.inbox (consumer, event_id) SELECT $12, $13::uuid FROM claim WHERE $12::text IS NOT NULL), \
              outbox AS ( \
                INSERT INTO composable_rust.outbox (event_id, topic) \
                SELECT o.id::uuid, o.t FROM UNNEST($9::text[], $10::text[]) AS o(id, t) WHERE EXISTS (SELECT 1 FROM ins) \
@@ -246,14 +252,14 @@ impl PostgresEventStore {
             .bind(&outbox_ids)
             .bind(&topics)
             .bind(expected)
+            .bind(request.inbox.as_ref().map(|m| m.consumer.as_str()))
+            .bind(request.inbox.as_ref().map(|m| m.event_id.to_string()))
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() }
-                } else {
-                    map_err(&e)
-                }
+            .map_err(|e| match (&request.inbox, unique_violation(&e)) {
+                (Some(mark), Some("inbox_pkey")) => EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id },
+                (_, Some(_)) => EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() },
+                (_, None) => map_err(&e),
             })?;
         let new_version: Option<i64> = row.try_get("new_version").map_err(|e| map_err(&e))?;
         let first_position: Option<i64> = row.try_get("first_position").map_err(|e| map_err(&e))?;
@@ -288,7 +294,7 @@ impl EventStore for PostgresEventStore {
         let span = tracing::debug_span!("append", store = "postgres", stream = %request.stream_id, events = request.events.len());
         match self.try_append(&request).instrument(span).await {
             // An identical retry (or one that raced with us) is success, not a conflict.
-            Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. })) => {
+            Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. } | EventStoreError::AlreadyProcessed { .. })) => {
                 let mut conn = self.pool.acquire().await.map_err(|e| map_err(&e))?;
                 match Self::earlier_append(&mut conn, &request).await? {
                     Some(earlier) => Ok(earlier),

@@ -328,7 +328,7 @@ impl Executor {
                 let result = match effect {
                     Effect::EventStore(EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success, on_error }) => {
                         let outbox = outbox_intents(&events, &effects[i + 1..]);
-                        let request = AppendRequest { stream_id, expected_version, events, outbox };
+                        let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None };
                         self.append(request, &event_store, on_success, on_error, feedback, scope, &mut stored).instrument(span).await
                     }
                     Effect::PublishEvent { topic, event, event_bus, on_success, on_error } => {

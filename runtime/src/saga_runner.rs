@@ -4,9 +4,9 @@
 //! Guarantees:
 //! - each saga instance (keyed by the correlation id the saga's `decode` returns) lives in the stream
 //!   `saga.{NAME}-{instance}`, holding the actions the saga reduced; any worker rebuilds it by replay;
-//! - a step is recorded (appended with the expected version) **before** its effects run, with an id
-//!   derived from the delivered event's id: a redelivered event is found in the stream and not applied
-//!   to the state again. Its effects are derived again from the state before the step and executed
+//! - a step is recorded (appended with the expected version and an inbox mark for the event)
+//!   **before** its effects run, with an id derived from the delivered event's id: a redelivered event
+//!   is found in the stream (and refused by the inbox) and not applied to the state again. Its effects are derived again from the state before the step and executed
 //!   again (the crash may have happened before they ran); the commands they dispatch carry the same
 //!   ids as the first time, so aggregate handlers skip those already handled;
 //! - concurrent workers on one instance are serialised by the append's expected version: the loser
@@ -278,7 +278,9 @@ impl<S: Saga> SagaRunner<S> {
                 encode_payload(&a).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: step_id, source })?;
             let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload, Some(metadata)).with_event_id(step_id);
             let effects = self.saga.reduce(&mut state, a, &self.env).into_vec();
-            let request = AppendRequest::new(stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]);
+            // The inbox mark makes "this saga handled this event" part of the same atomic append.
+            let request = AppendRequest::new(stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record])
+                .with_inbox(format!("saga.{}", S::NAME), event.event_id);
             match self.store.append(request).await {
                 Ok(r) if r.duplicate => {
                     tracing::debug!(attempt, "another worker recorded this step concurrently; reloading");
@@ -287,7 +289,9 @@ impl<S: Saga> SagaRunner<S> {
                     self.execute(effects, step_id, &stream, &input.instance_id, &mut state).await?;
                     return Ok(StepOutcome::Applied);
                 }
-                Err(EventStoreError::ConcurrencyConflict { .. }) => tracing::debug!(attempt, "saga instance changed concurrently; reloading"),
+                Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
+                    tracing::debug!(attempt, "saga instance changed concurrently or the event was handled meanwhile; reloading");
+                }
                 Err(source) => return Err(SagaError::Store { saga: S::NAME, source }),
             }
         }

@@ -12,8 +12,8 @@
 //! - event ids are unique: an identical retry is an idempotent success, a reused id with other
 //!   content is refused; outbox intents are committed with their events.
 //!
-//! Not yet here: the consumer inbox table of the PostgreSQL design (the saga runner's
-//! de-duplication works through its own stream on any store).
+//! - an append's inbox mark (consumer, event id) is committed in the same transaction: a consumer
+//!   cannot record the handling of one event twice (`AlreadyProcessed`).
 
 mod store;
 

@@ -137,6 +137,17 @@ impl SqliteEventStore {
         if !request.expected_version.accepts(actual) {
             return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual });
         }
+        if let Some(mark) = &request.inbox {
+            let inserted = sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES (?, ?) ON CONFLICT (consumer, event_id) DO NOTHING")
+                .bind(mark.consumer.as_str())
+                .bind(mark.event_id.as_bytes().to_vec())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            if inserted.rows_affected() == 0 {
+                return Err(EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id });
+            }
+        }
         let mut first_position = None;
         let mut version = actual;
         for event in &request.events {

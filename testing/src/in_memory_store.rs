@@ -3,7 +3,7 @@
 //!
 //! All writes take one lock, so the global log has no gaps and `read_all` is always in commit order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use composable_rust_core::event_store::identical_retry;
@@ -23,6 +23,7 @@ struct Inner {
     outbox: BTreeMap<u64, (Topic, Uuid)>,
     outbox_index: HashMap<(Uuid, Topic), u64>,
     next_outbox: u64,
+    inbox: HashSet<(String, Uuid)>,
 }
 
 /// An in-memory [`EventStore`]. Cheap to share behind an `Arc`.
@@ -77,9 +78,17 @@ impl EventStore for InMemoryEventStore {
         if let Some(result) = identical_retry(&request, &already_stored(&inner, &request))? {
             return Ok(result);
         }
+        if let Some(mark) = &request.inbox {
+            if inner.inbox.contains(&(mark.consumer.clone(), mark.event_id)) {
+                return Err(EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id });
+            }
+        }
         let actual = Version(inner.streams.get(&request.stream_id).map_or(0, |v| v.len() as u64));
         if !request.expected_version.accepts(actual) {
             return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id, expected: request.expected_version, actual });
+        }
+        if let Some(mark) = request.inbox {
+            inner.inbox.insert((mark.consumer, mark.event_id));
         }
         let first_position = GlobalPosition(inner.log.len() as u64 + 1);
         let mut version = actual;

@@ -46,6 +46,7 @@ where
     bad_appends_are_refused_and_store_nothing(factory().await).await;
     snapshots_keep_the_latest(factory().await).await;
     outbox_intents_are_stored_with_the_append(factory().await).await;
+    inbox_marks_let_a_consumer_handle_an_event_once(factory().await).await;
     concurrent_writers_never_duplicate_a_version(factory().await).await;
 }
 
@@ -257,4 +258,27 @@ pub async fn concurrent_writers_never_duplicate_a_version(store: Arc<dyn EventSt
     payloads.sort_unstable();
     payloads.dedup();
     assert_eq!(payloads.len(), (WRITERS * APPENDS) as usize, "every append stored once");
+}
+
+/// An inbox mark is stored with the append; a second append with the same mark stores nothing and
+/// says `AlreadyProcessed`; an identical retry is still an idempotent success; another consumer may
+/// handle the same event.
+pub async fn inbox_marks_let_a_consumer_handle_an_event_once(store: Arc<dyn EventStore>) {
+    let consumer = unique("consumer");
+    let handled = uuid::Uuid::new_v4();
+    let (first, second) = (stream(), stream());
+    let request = AppendRequest::new(first.clone(), ExpectedVersion::NoStream, vec![event(1)]).with_inbox(&consumer, handled);
+    store.append(request.clone()).await.expect("first handling");
+    let err = store
+        .append(AppendRequest::new(second.clone(), ExpectedVersion::NoStream, vec![event(2)]).with_inbox(&consumer, handled))
+        .await
+        .expect_err("second handling");
+    assert!(matches!(&err, EventStoreError::AlreadyProcessed { event_id, .. } if *event_id == handled), "{err:?}");
+    assert_eq!(store.stream_version(&second).await.expect("version"), Version(0), "a refused handling stores nothing");
+    let retry = store.append(request).await.expect("an identical retry of the first handling");
+    assert!(retry.duplicate);
+    store
+        .append(AppendRequest::new(second, ExpectedVersion::NoStream, vec![event(3)]).with_inbox(unique("other-consumer"), handled))
+        .await
+        .expect("another consumer");
 }
