@@ -58,6 +58,9 @@ cargo fmt --all -- --check
 step "lints (cargo clippy, pedantic, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "lints of the optional testcontainers helper (needs Docker to run, so only compiled here)"
+cargo clippy -p composable-rust-postgres --features testcontainers --all-targets --locked -- -D warnings
+
 step "tests (unit, integration, conformance, doc tests)"
 cargo test --workspace --locked 2>&1 | tee "$log_dir/test.log"
 

@@ -23,8 +23,11 @@
 //! - an append's inbox mark (consumer, event id) is inserted by the same statement: a consumer cannot
 //!   record the handling of one event twice (`AlreadyProcessed`).
 //!
-//! Not yet here: a testcontainers helper.
+//! With the `testcontainers` feature, [`containers::PostgresContainer`] starts PostgreSQL in Docker
+//! for tests, for users who have a Docker engine.
 
+#[cfg(feature = "testcontainers")]
+pub mod containers;
 mod store;
 
 pub use store::{APPEND_LOCK_KEY, PostgresConfig, PostgresError, PostgresEventStore};

@@ -13,10 +13,13 @@ use composable_rust_core::{
     CodecError, Effect, EventBus, EventBusError, EventStore, EventStoreOperation, EventStream, ExpectedVersion, Reducer, Saga, SagaInput, SerializedEvent,
     StreamId, SubscribeOptions, smallvec,
 };
-use composable_rust_postgres::PostgresEventStore;
 use composable_rust_runtime::outbox::relay_pending;
 use composable_rust_runtime::{ExecutionScope, Executor, Feedback, SagaRunner};
 use composable_rust_testing::InMemoryEventBus;
+
+mod support;
+
+use support::store;
 
 const CHILD: &str = "CR_PG_CRASH_CHILD";
 const EVENTS: u32 = 20;
@@ -39,17 +42,6 @@ impl EventBus for StalledBus {
 
 fn topic(run: &str) -> String {
     format!("crash.r{run}")
-}
-
-async fn store() -> Option<PostgresEventStore> {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but DATABASE_URL is not set");
-        eprintln!("skipping: DATABASE_URL not set");
-        return None;
-    };
-    let store = PostgresEventStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    Some(store)
 }
 
 /// The child: appends each event with a publish effect behind it, reports each committed append,
@@ -124,6 +116,7 @@ async fn events_persisted_before_a_crash_are_published_by_the_relay_and_applied_
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, &run)
+        .env("DATABASE_URL", support::database_url().expect("the parent has a database"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -1,23 +1,14 @@
 //! The PostgreSQL store against a real server: the shared conformance suite, then what a concurrent,
-//! durable store must do. Uses `DATABASE_URL` (scripts/test.sh starts a throwaway PostgreSQL 15 and
-//! sets it); without it the tests are skipped, except under CI=true where that is a failure.
+//! durable store must do. The server comes from `support::database_url`.
 
 use std::sync::Arc;
 
 use composable_rust_core::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, SerializedEvent, StreamId, Version};
 use composable_rust_postgres::{PostgresError, PostgresEventStore};
 use composable_rust_testing::conformance::event_store;
+use support::store;
 
-async fn store() -> Option<PostgresEventStore> {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but DATABASE_URL is not set (scripts/test.sh starts PostgreSQL and sets it)");
-        eprintln!("skipping: DATABASE_URL not set");
-        return None;
-    };
-    let store = PostgresEventStore::connect(&url).await.expect("connect to DATABASE_URL");
-    store.migrate().await.expect("migrate");
-    Some(store)
-}
+mod support;
 
 fn event(n: u32) -> SerializedEvent {
     SerializedEvent::new("Counted.v1", n.to_be_bytes().to_vec(), None)
@@ -122,7 +113,7 @@ async fn private_store() -> Option<PostgresEventStore> {
     let shared = store().await?;
     let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.pool()).await.unwrap();
-    let url = std::env::var("DATABASE_URL").unwrap();
+    let url = support::database_url().unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
     let store = PostgresEventStore::connect(&format!("{base}/{name}")).await.unwrap();
     store.migrate().await.unwrap();
