@@ -23,7 +23,7 @@
 //! - an append's inbox mark (consumer, event id) is inserted by the same statement: a consumer cannot
 //!   record the handling of one event twice (`AlreadyProcessed`).
 //!
-//! With the `testcontainers` feature, [`containers::PostgresContainer`] starts PostgreSQL in Docker
+//! With the `testcontainers` feature, `containers::PostgresContainer` starts PostgreSQL in Docker
 //! for tests, for users who have a Docker engine.
 
 #[cfg(feature = "testcontainers")]
