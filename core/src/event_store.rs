@@ -140,6 +140,19 @@ pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
 }
 
+impl Snapshot {
+    /// Refuses a snapshot taken at a version the stream (now at `current`) has not reached: every
+    /// store applies this rule before saving.
+    pub fn check_not_ahead(&self, current: Version) -> Result<(), EventStoreError> {
+        if self.version > current {
+            return Err(EventStoreError::InvalidRequest {
+                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", self.stream_id, self.version),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// An outbox entry not yet marked published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingPublication {

@@ -245,11 +245,7 @@ impl EventStore for SqliteEventStore {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
         let current = self.stream_version(&snapshot.stream_id).await?;
-        if snapshot.version > current {
-            return Err(EventStoreError::InvalidRequest {
-                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version),
-            });
-        }
+        snapshot.check_not_ahead(current)?;
         sqlx::query(
             "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at \

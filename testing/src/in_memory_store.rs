@@ -134,11 +134,7 @@ impl EventStore for InMemoryEventStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
         let mut inner = self.inner.write();
         let current = Version(inner.streams.get(&snapshot.stream_id).map_or(0, |v| v.len() as u64));
-        if snapshot.version > current {
-            return Err(EventStoreError::InvalidRequest {
-                reason: format!("snapshot of {} at version {} is ahead of the stream (version {current})", snapshot.stream_id, snapshot.version),
-            });
-        }
+        snapshot.check_not_ahead(current)?;
         let newer_exists = inner.snapshots.get(&snapshot.stream_id).is_some_and(|s| s.version > snapshot.version);
         if !newer_exists {
             inner.snapshots.insert(snapshot.stream_id.clone(), snapshot);
