@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
+use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
 use composable_rust_postgres::PostgresEventStore;
 use composable_rust_runtime::outbox::spawn_relay;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
@@ -82,6 +83,15 @@ pub enum BusChoice {
     Memory,
     /// NATS JetStream at this URL.
     Nats(String),
+    /// Zenoh: embedded when both lists are empty, otherwise a peer on these endpoints
+    /// (`tcp/HOST:PORT`). Every peer sees every event: connect observers, not a second checkout-saga,
+    /// whose saga would act on this run's orders too (Zenoh groups do not span processes).
+    Zenoh {
+        /// Endpoints to listen on.
+        listen: Vec<String>,
+        /// Peers to connect to.
+        connect: Vec<String>,
+    },
 }
 
 impl FromStr for BusChoice {
@@ -90,6 +100,7 @@ impl FromStr for BusChoice {
         match s {
             "memory" | "mem" | "in-memory" => Ok(BusChoice::Memory),
             url if url.starts_with("nats://") => Ok(BusChoice::Nats(url.to_string())),
+            "zenoh" => Ok(BusChoice::Zenoh { listen: Vec::new(), connect: Vec::new() }),
             other => Err(AppError::UnsupportedBus(other.to_string())),
         }
     }
@@ -281,6 +292,13 @@ impl Wiring {
             // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
             BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
             BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
+            BusChoice::Zenoh { listen, connect } => {
+                let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), |c, e| c.listen(e));
+                zenoh = connect.iter().fold(zenoh, |c, e| c.connect(e));
+                // Room for every event of the run, as for the in-memory bus.
+                zenoh = zenoh.subscriber_capacity((config.orders * 8).max(65_536));
+                Arc::new(ZenohEventBus::open(zenoh).await.map_err(|e| AppError::Bus(e.to_string()))?)
+            }
         };
         let bus = Arc::new(CountingBus { inner, published: AtomicU64::new(0) });
         let dyn_bus: Arc<dyn EventBus> = bus.clone();

@@ -39,9 +39,16 @@ struct Args {
     /// Event store: `memory`, `sqlite:PATH` (kept across runs) or `postgres://USER@HOST:PORT/DB`.
     #[arg(long, default_value = "memory")]
     store: String,
-    /// Event bus: `memory` or `nats://HOST:PORT` (NATS JetStream).
+    /// Event bus: `memory`, `nats://HOST:PORT` (NATS JetStream) or `zenoh` (embedded, or a peer with
+    /// `--listen`/`--connect`).
     #[arg(long, default_value = "memory")]
     bus: String,
+    /// Zenoh only: an endpoint to listen on, e.g. `tcp/127.0.0.1:7447` (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Zenoh only: a peer to connect to, e.g. `tcp/127.0.0.1:7447` (repeatable).
+    #[arg(long)]
+    connect: Vec<String>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -53,16 +60,27 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" }));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn,zenoh::net::routing=error" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
-    let (store, bus) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>()) {
+    let (store, mut bus) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>()) {
         (Ok(s), Ok(b)) => (s, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("checkout-saga: {e}");
             return ExitCode::from(2);
         }
     };
+    match &mut bus {
+        BusChoice::Zenoh { listen, connect } => {
+            listen.clone_from(&args.listen);
+            connect.clone_from(&args.connect);
+        }
+        _ if !args.listen.is_empty() || !args.connect.is_empty() => {
+            eprintln!("checkout-saga: --listen and --connect apply to --bus zenoh only");
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
     let config = Config {
         orders: args.orders,
         decline_every: args.decline_every,
@@ -98,6 +116,8 @@ fn main() -> ExitCode {
         let bus = match &config.bus {
             BusChoice::Memory => "in-memory bus".to_string(),
             BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
+            BusChoice::Zenoh { listen, connect } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
+            BusChoice::Zenoh { listen, connect } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
         };
         let store = match &config.store {
             StoreChoice::Memory => "in-memory store".to_string(),

@@ -83,3 +83,56 @@ fn the_same_scenario_runs_on_postgresql() {
     assert_eq!(report["problems"], serde_json::json!([]));
     assert_eq!(report["orders"], 200);
 }
+
+#[test]
+fn the_same_scenario_runs_on_embedded_zenoh() {
+    let (ok, stdout, stderr) = run(&["--bus", "zenoh", "--orders", "300", "--json"]);
+    assert!(ok, "exit status not 0\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["orders"], 300);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert!(report["events_published"].as_u64().unwrap() > 1000);
+}
+
+#[test]
+fn a_zenoh_peer_in_another_process_sees_the_run() {
+    use composable_rust_core::{EventBus, SubscribeOptions};
+    use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
+    use futures::StreamExt;
+    use std::collections::HashSet;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let observer = runtime.block_on(ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint))).expect("observer peer");
+    let mut orders = runtime.block_on(observer.subscribe_with(&["events/order.events/**"], SubscribeOptions::exclusive())).unwrap();
+
+    let (ok, stdout, stderr) = run(&["--bus", "zenoh", "--connect", &endpoint, "--orders", "50", "--json"]);
+    assert!(ok, "exit status not 0\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["problems"], serde_json::json!([]));
+
+    // Every order ends with a confirmation or a cancellation, published well after the peers met.
+    let finished: HashSet<String> = runtime.block_on(async {
+        let mut finished = HashSet::new();
+        while finished.len() < 50 {
+            let item = tokio::time::timeout(std::time::Duration::from_secs(10), orders.next()).await;
+            let d = item.expect("the observer stopped receiving").expect("stream ended").expect("a delivery");
+            if matches!(d.event().event_type.as_str(), "OrderConfirmed.v1" | "OrderCancelled.v1") {
+                finished.insert(d.event().stream_id.as_ref().unwrap().to_string());
+            }
+        }
+        finished
+    });
+    assert_eq!(finished.len(), 50);
+}
+
+#[test]
+fn zenoh_endpoints_are_refused_for_other_buses_and_checked() {
+    let (ok, _, stderr) = run(&["--bus", "memory", "--connect", "tcp/127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(stderr.contains("apply to --bus zenoh only"), "{stderr}");
+    let (ok, _, stderr) = run(&["--bus", "zenoh", "--connect", "127.0.0.1:7447"]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid Zenoh endpoint"), "{stderr}");
+}
