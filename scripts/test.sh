@@ -32,7 +32,16 @@ step "toolchain"
 cargo --version
 rustc --version
 
-step "servers"
+step "stock clients for the interop tests (PyPI, installed if missing)"
+pip_ensure() { # module package
+  if ! python3 -c "import $1" >/dev/null 2>&1; then
+    echo "installing $2"
+    python3 -m pip install -q --disable-pip-version-check "$2"
+  fi
+}
+pip_ensure zenoh eclipse-zenoh
+
+step "servers (Zenoh needs none: its tests run embedded sessions and peers on loopback)"
 if [ -n "${NATS_URL:-}" ]; then
   echo "using NATS_URL=$NATS_URL"
 else

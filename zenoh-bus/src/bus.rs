@@ -8,8 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{
-    BusMessage, CodecError, ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic,
-    TopicPattern,
+    BusMessage, CodecError, ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic, TopicPattern,
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -46,7 +45,13 @@ impl ZenohStats {
     }
 }
 
-type Item = Result<(Arc<BusMessage>, u32), EventBusError>;
+/// What a subscription's buffer holds. Samples are decoded by the consumer, not in Zenoh's callback:
+/// a local `put` runs the callback on the publisher's thread, and decoding there would serialise
+/// publisher and consumer work on one core.
+enum Item {
+    Fresh(Sample),
+    Again(Arc<BusMessage>, u32),
+}
 
 /// What the subscribers of one subscription (or one named group in this process) decode into.
 struct Feed {
@@ -56,6 +61,38 @@ struct Feed {
     rx: flume::Receiver<Item>,
     missed: Arc<AtomicU64>,
     group: String,
+    filter: Filter,
+    stats: Arc<ZenohStats>,
+}
+
+impl Feed {
+    /// The next delivery or error; `None` once the feed is closed.
+    async fn next_item(self: &Arc<Self>, listen_only: bool) -> Option<Result<Delivery, EventBusError>> {
+        loop {
+            let missed = self.missed.swap(0, Ordering::Relaxed);
+            if missed > 0 {
+                tracing::warn!(group = %self.group, missed, "zenoh subscriber lagged");
+                return Some(Err(EventBusError::Lagged { group: self.group.clone(), missed }));
+            }
+            let (message, attempt) = match self.rx.recv_async().await.ok()? {
+                Item::Again(message, attempt) => (message, attempt),
+                Item::Fresh(sample) => match decode_sample(&sample, &self.filter) {
+                    Ok(None) => continue,
+                    Ok(Some(message)) => (message, 1),
+                    Err(e) => {
+                        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "zenoh sample is not a composable-rust event");
+                        return Some(Err(e));
+                    }
+                },
+            };
+            return Some(Ok(if listen_only {
+                Delivery::listen_only(message)
+            } else {
+                Delivery::with_shared_ack(message, attempt, Arc::clone(self) as Arc<dyn SharedAck>)
+            }));
+        }
+    }
 }
 
 impl SharedAck for Feed {
@@ -65,7 +102,7 @@ impl SharedAck for Feed {
 
     fn nack(&self, message: Arc<BusMessage>, attempt: u32) -> Result<(), EventBusError> {
         self.tx
-            .try_send(Ok((message, attempt + 1)))
+            .try_send(Item::Again(message, attempt + 1))
             .map_err(|e| EventBusError::AckFailed { reason: format!("cannot queue the redelivery: {e}; the subscription is full or closed") })
     }
 }
@@ -110,10 +147,13 @@ pub struct ZenohEventBus {
     inner: Arc<Inner>,
 }
 
+/// A named group is one feed per group name and set of key expressions.
+type GroupKey = (String, Vec<String>);
+
 struct Inner {
     session: zenoh::Session,
     config: ZenohConfig,
-    groups: Mutex<HashMap<(String, Vec<String>), Weak<Feed>>>,
+    groups: Mutex<HashMap<GroupKey, Weak<Feed>>>,
     stats: Arc<ZenohStats>,
 }
 
@@ -177,7 +217,7 @@ impl ZenohEventBus {
         let missed = Arc::new(AtomicU64::new(0));
         let mut subscribers = Vec::with_capacity(key_exprs.len());
         for key_expr in key_exprs {
-            let (tx, filter, missed, stats) = (tx.clone(), filter.clone(), Arc::clone(&missed), Arc::clone(&self.inner.stats));
+            let (tx, missed, stats) = (tx.clone(), Arc::clone(&missed), Arc::clone(&self.inner.stats));
             let subscriber = self
                 .inner
                 .session
@@ -185,16 +225,7 @@ impl ZenohEventBus {
                 // The callback runs on Zenoh's (or the local publisher's) thread and must never block it:
                 // a full buffer is counted and reported as lag instead.
                 .callback(move |sample| {
-                    let item = match decode_sample(&sample, &filter) {
-                        Ok(None) => return,
-                        Ok(Some(message)) => Ok((message, 1)),
-                        Err(e) => {
-                            stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "zenoh sample is not a composable-rust event");
-                            Err(e)
-                        }
-                    };
-                    if let Err(flume::TrySendError::Full(_)) = tx.try_send(item) {
+                    if let Err(flume::TrySendError::Full(_)) = tx.try_send(Item::Fresh(sample)) {
                         missed.fetch_add(1, Ordering::Relaxed);
                         stats.lagged.fetch_add(1, Ordering::Relaxed);
                     }
@@ -203,7 +234,7 @@ impl ZenohEventBus {
                 .map_err(|e| format!("key expression {key_expr:?}: {e}"))?;
             subscribers.push(subscriber);
         }
-        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group })
+        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group, filter: filter.clone(), stats: Arc::clone(&self.inner.stats) })
     }
 }
 
@@ -232,20 +263,7 @@ fn key_exprs_for(topics: &[&str]) -> Result<(Vec<String>, Filter), EventBusError
 }
 
 fn member_stream(feed: Arc<Feed>, listen_only: bool) -> EventStream {
-    futures::stream::unfold(feed, move |feed| async move {
-        let missed = feed.missed.swap(0, Ordering::Relaxed);
-        if missed > 0 {
-            tracing::warn!(group = %feed.group, missed, "zenoh subscriber lagged");
-            let lagged = EventBusError::Lagged { group: feed.group.clone(), missed };
-            return Some((Err(lagged), feed));
-        }
-        let item = feed.rx.recv_async().await.ok()?;
-        let item = item.map(|(message, attempt)| {
-            if listen_only { Delivery::listen_only(message) } else { Delivery::with_shared_ack(message, attempt, Arc::clone(&feed) as Arc<dyn SharedAck>) }
-        });
-        Some((item, feed))
-    })
-    .boxed()
+    futures::stream::unfold(feed, move |feed| async move { feed.next_item(listen_only).await.map(|item| (item, feed)) }).boxed()
 }
 
 #[async_trait]
@@ -280,15 +298,12 @@ impl EventBus for ZenohEventBus {
             ConsumerGroup::Named(name) => {
                 let mut groups = self.inner.groups.lock();
                 let key = (name.clone(), exprs.clone());
-                let feed = match groups.get(&key).and_then(Weak::upgrade) {
-                    Some(feed) => feed,
-                    None => {
-                        let feed = Arc::new(self.open_feed(&exprs, &filter, name).map_err(failed)?);
-                        groups.retain(|_, weak| weak.strong_count() > 0);
-                        groups.insert(key, Arc::downgrade(&feed));
-                        feed
-                    }
-                };
+                if let Some(feed) = groups.get(&key).and_then(Weak::upgrade) {
+                    return Ok(member_stream(feed, false));
+                }
+                let feed = Arc::new(self.open_feed(&exprs, &filter, name).map_err(failed)?);
+                groups.retain(|_, weak| weak.strong_count() > 0);
+                groups.insert(key, Arc::downgrade(&feed));
                 Ok(member_stream(feed, false))
             }
         }

@@ -97,7 +97,8 @@ async fn session_scoped_feeds_get_only_their_session() {
     }
     assert_eq!(next(&mut mine, "session feed").await.unwrap().event(), &tagged);
     nothing_within(&mut mine, Duration::from_millis(150)).await;
-    let got: Vec<String> = [next(&mut global, "g").await, next(&mut global, "g").await, next(&mut global, "g").await].iter().map(|d| label(d.as_ref().unwrap())).collect();
+    let got: Vec<String> =
+        [next(&mut global, "g").await, next(&mut global, "g").await, next(&mut global, "g").await].iter().map(|d| label(d.as_ref().unwrap())).collect();
     assert_eq!(got, ["order-1#1", "order-2#1", "order-3#1"], "the global key gets each event once");
 }
 

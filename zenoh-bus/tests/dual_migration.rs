@@ -70,7 +70,11 @@ async fn dual_bus_reading_from_zenoh_passes_the_conformance_suite() {
     let caps = BusCapabilities::full();
     event_bus::run_all(
         || async {
-            let dual = DualEventBus::new(Arc::new(InMemoryEventBus::new()), Arc::new(ZenohEventBus::embedded().await.unwrap()), "dual-read-secondary".parse().unwrap());
+            let dual = DualEventBus::new(
+                Arc::new(InMemoryEventBus::new()),
+                Arc::new(ZenohEventBus::embedded().await.unwrap()),
+                "dual-read-secondary".parse().unwrap(),
+            );
             Arc::new(dual) as Arc<dyn EventBus>
         },
         caps,

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
-use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
 use composable_rust_postgres::PostgresEventStore;
 use composable_rust_runtime::outbox::spawn_relay;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
 use composable_rust_sqlite::SqliteEventStore;
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
+use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -293,8 +293,8 @@ impl Wiring {
             BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
             BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
             BusChoice::Zenoh { listen, connect } => {
-                let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), |c, e| c.listen(e));
-                zenoh = connect.iter().fold(zenoh, |c, e| c.connect(e));
+                let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), ZenohConfig::listen);
+                zenoh = connect.iter().fold(zenoh, ZenohConfig::connect);
                 // Room for every event of the run, as for the in-memory bus.
                 zenoh = zenoh.subscriber_capacity((config.orders * 8).max(65_536));
                 Arc::new(ZenohEventBus::open(zenoh).await.map_err(|e| AppError::Bus(e.to_string()))?)
