@@ -18,6 +18,7 @@ pub mod command;
 pub mod effect;
 pub mod event;
 pub mod event_bus;
+pub mod event_headers;
 pub mod event_store;
 pub mod inspect;
 pub mod reducer;

@@ -21,30 +21,9 @@ use composable_rust_core::{CodecError, EventMetadata, SerializedEvent, StreamId,
 use uuid::Uuid;
 use zenoh::bytes::ZBytes;
 
-/// Attachment names.
-pub mod names {
-    /// The event id.
-    pub const EVENT_ID: &str = "cr-event-id";
-    /// The event type.
-    pub const EVENT_TYPE: &str = "cr-event-type";
-    /// Creation time, nanoseconds since the Unix epoch.
-    pub const TIMESTAMP_NS: &str = "cr-timestamp-ns";
-    /// The stream id.
-    pub const STREAM_ID: &str = "cr-stream-id";
-    /// The stream version.
-    pub const STREAM_VERSION: &str = "cr-stream-version";
-    /// The correlation id.
-    pub const CORRELATION_ID: &str = "cr-correlation-id";
-    /// The causation id.
-    pub const CAUSATION_ID: &str = "cr-causation-id";
-    /// Prefix of free-form headers.
-    pub const HEADER_PREFIX: &str = "cr-header-";
-}
-
-fn timestamp_ns(t: &DateTime<Utc>) -> i64 {
-    // Out of i64 nanosecond range only after the year 2262; microseconds keep such dates representable.
-    t.timestamp_nanos_opt().unwrap_or_else(|| t.timestamp_micros().saturating_mul(1000))
-}
+/// Attachment names: the same as every header-carrying bus uses.
+pub use composable_rust_core::event_headers as names;
+use composable_rust_core::event_headers::timestamp_ns;
 
 // The attachment is written and read here rather than through zenoh-ext's generic serializer: that
 // one builds a `String` per name and value on every sample, which cost more than Zenoh's own routing
