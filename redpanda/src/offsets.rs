@@ -38,7 +38,8 @@ impl OffsetTracker {
         let key = (topic.to_owned(), partition);
         if !self.partitions.contains_key(&key) {
             self.next_generation += 1;
-            self.partitions.insert(key.clone(), Partition { generation: self.next_generation, ..Partition::default() });
+            // Resuming at the first delivered offset is where the group already is: nothing to store.
+            self.partitions.insert(key.clone(), Partition { generation: self.next_generation, stored: Some(offset), ..Partition::default() });
         }
         let p = self.partitions.get_mut(&key).expect("inserted above");
         p.pending.insert(offset);

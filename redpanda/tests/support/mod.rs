@@ -84,6 +84,9 @@ pub fn config(brokers: &str) -> RedpandaConfig {
     c.session_timeout = Duration::from_secs(6);
     c.commit_interval = Duration::from_millis(200);
     c.metadata_refresh = Duration::from_millis(500);
+    // Also the group's rebalance timeout: how long the broker waits for a silent member to rejoin
+    // before reassigning its partitions. Kafka's 5 minutes would dominate the hand-over tests.
+    c.properties.insert("max.poll.interval.ms".into(), "10000".into());
     c
 }
 
