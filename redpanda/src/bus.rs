@@ -23,8 +23,6 @@ use crate::config::{OffsetReset, RedpandaConfig, RedpandaError, TopicSpec};
 use crate::consumer::{MemberConsumer, MemberContext, MemberState, member_stream};
 use crate::dead_letters::{DeadLetter, DeadLetters};
 
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Builder of a [`RedpandaEventBus`]; every setting has a default (see [`RedpandaConfig::new`]).
 #[derive(Debug, Clone)]
 pub struct RedpandaBuilder {
@@ -84,6 +82,12 @@ impl RedpandaBuilder {
     #[must_use]
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.config.session_timeout = timeout;
+        self
+    }
+    /// Upper bound of connecting, topic creation and start-offset lookups.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
         self
     }
     /// Topic creation on first use; `None` expects topics to exist.
@@ -177,7 +181,8 @@ impl RedpandaEventBus {
         let producer: FutureProducer = config.producer_config().create().map_err(|e| client_error(&e))?;
         let admin: AdminClient<DefaultClientContext> = config.producer_config().create().map_err(|e| client_error(&e))?;
         let probe = producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT).map(|m| m.brokers().len()))
+        let timeout = config.request_timeout;
+        let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
             .await
             .map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), reason: e.to_string() })?;
         let brokers = metadata.map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), reason: e.to_string() })?;
@@ -205,7 +210,7 @@ impl RedpandaEventBus {
         let err = |reason: String| RedpandaError::CreateTopic { topic: topic.to_owned(), reason };
         Topic::new(topic).map_err(|e| err(e.to_string()))?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(METADATA_TIMEOUT)));
+        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(self.config.request_timeout))).request_timeout(Some(Timeout::After(self.config.request_timeout)));
         let results = self.admin.create_topics([&new], &options).await.map_err(|e| err(e.to_string()))?;
         for result in results {
             match result {
@@ -235,18 +240,18 @@ impl RedpandaEventBus {
     /// Starts a fresh exclusive group at the current end of every existing matching partition, so it
     /// receives exactly what is published after `subscribe` returns (topics created later are read
     /// from their start).
-    async fn start_at_end(consumer: &Arc<MemberConsumer>, patterns: &[TopicPattern]) -> Result<(), String> {
+    async fn start_at_end(consumer: &Arc<MemberConsumer>, patterns: &[TopicPattern], timeout: Duration) -> Result<(), String> {
         let consumer = Arc::clone(consumer);
         let patterns = patterns.to_vec();
         tokio::task::spawn_blocking(move || {
-            let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| e.to_string())?;
+            let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
             let mut tpl = TopicPartitionList::new();
             for topic in metadata.topics() {
                 if !patterns.iter().any(|p| p.matches(topic.name())) {
                     continue;
                 }
                 for partition in topic.partitions() {
-                    let (_, high) = consumer.fetch_watermarks(topic.name(), partition.id(), METADATA_TIMEOUT).map_err(|e| e.to_string())?;
+                    let (_, high) = consumer.fetch_watermarks(topic.name(), partition.id(), timeout).map_err(|e| e.to_string())?;
                     tpl.add_partition_offset(topic.name(), partition.id(), Offset::Offset(high)).map_err(|e| e.to_string())?;
                 }
             }
@@ -307,7 +312,7 @@ impl EventBus for RedpandaEventBus {
             let reset = if exclusive { OffsetReset::Earliest } else { self.config.auto_offset_reset };
             let (consumer, state) = self.member(&group, reset).map_err(failed)?;
             if exclusive {
-                Self::start_at_end(&consumer, &patterns).await.map_err(failed)?;
+                Self::start_at_end(&consumer, &patterns, self.config.request_timeout).await.map_err(failed)?;
             }
             let subscriptions: Vec<String> = patterns.iter().map(|p| if p.is_exact() { p.as_str().to_owned() } else { topic_regex(p) }).collect();
             let refs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();

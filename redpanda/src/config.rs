@@ -129,6 +129,8 @@ pub struct RedpandaConfig {
     pub commit_interval: Duration,
     /// How often pattern subscriptions look for new matching topics.
     pub metadata_refresh: Duration,
+    /// How long connecting, topic creation and start-offset lookups may take before they fail.
+    pub request_timeout: Duration,
     /// Create topics on first use (default: 3 partitions, replication 1); `None` expects them to exist.
     pub auto_create_topics: Option<TopicSpec>,
     /// Further librdkafka properties, applied last to producer and consumers (e.g. security settings).
@@ -150,6 +152,7 @@ impl RedpandaConfig {
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(500),
             metadata_refresh: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
             auto_create_topics: Some(TopicSpec { partitions: 3, replication: 1 }),
             properties: BTreeMap::new(),
         }
