@@ -102,8 +102,29 @@ impl SqliteEventStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let open_err = |e: sqlx::Error| SqliteError::Open { path: path_text.clone(), reason: e.to_string() };
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(open_err)?;
-        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| SqliteError::Migrate { path: path_text.clone(), reason: e.to_string() })?;
+        // SQLite has no migration lock, and switching a new file to WAL needs it exclusively:
+        // processes opening a new file together can see `database is locked` or race to record the
+        // same migration. The loser retries and then finds the schema applied (checksums verified).
+        let is_race = |reason: &str| reason.contains("locked") || reason.contains("_sqlx_migrations");
+        let mut attempt: u32 = 0;
+        let writer = loop {
+            let result = match SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await {
+                Ok(writer) => match sqlx::migrate!("./migrations").run(&writer).await {
+                    Ok(()) => Ok(writer),
+                    Err(e) => Err(SqliteError::Migrate { path: path_text.clone(), reason: e.to_string() }),
+                },
+                Err(e) => Err(open_err(e)),
+            };
+            match result {
+                Ok(writer) => break writer,
+                Err(SqliteError::Open { reason, .. } | SqliteError::Migrate { reason, .. }) if attempt < 10 && is_race(&reason) => {
+                    attempt += 1;
+                    tracing::debug!(path = %path_text, attempt, %reason, "another process is opening the file; retrying");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(open_err)?;
         Ok(Self { writer, reader })
     }

@@ -162,3 +162,16 @@ async fn sixteen_writers_on_one_stream_leave_no_gap_and_no_duplicate() {
         assert_eq!(e.stream_version, Some(Version(i as u64 + 1)), "no gap, no duplicate");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_openers_of_a_new_file_all_get_the_schema() {
+    // Separate pools, as separate processes would have: none may fail on the migration race.
+    let db = TempDb::new();
+    let opens = (0..6).map(|_| SqliteEventStore::open(db.0.clone()));
+    let stores = futures::future::join_all(opens).await;
+    for (i, s) in stores.into_iter().enumerate() {
+        let store = s.unwrap_or_else(|e| panic!("opener {i}: {e}"));
+        let stream = StreamId::new(format!("opener-{i}")).unwrap();
+        store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![event(1)])).await.unwrap();
+    }
+}

@@ -16,6 +16,7 @@ use composable_rust_runtime::outbox::spawn_relay;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
 use composable_rust_sqlite::SqliteEventStore;
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
+use composable_rust_redpanda::RedpandaEventBus;
 use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -83,6 +84,8 @@ pub enum BusChoice {
     Memory,
     /// NATS JetStream at this URL.
     Nats(String),
+    /// Redpanda/Kafka at these bootstrap brokers (`HOST:PORT[,HOST:PORT]`).
+    Redpanda(String),
     /// Zenoh: embedded when both lists are empty, otherwise a peer on these endpoints
     /// (`tcp/HOST:PORT`). Every peer sees every event: connect observers, not a second checkout-saga,
     /// whose saga would act on this run's orders too (Zenoh groups do not span processes).
@@ -101,21 +104,37 @@ impl FromStr for BusChoice {
             "memory" | "mem" | "in-memory" => Ok(BusChoice::Memory),
             url if url.starts_with("nats://") => Ok(BusChoice::Nats(url.to_string())),
             "zenoh" => Ok(BusChoice::Zenoh { listen: Vec::new(), connect: Vec::new() }),
+            url if url.starts_with("redpanda://") || url.starts_with("kafka://") => {
+                let brokers = url.split_once("://").map(|(_, b)| b.trim_end_matches('/')).unwrap_or_default();
+                Ok(BusChoice::Redpanda(brokers.to_string()))
+            }
             other => Err(AppError::UnsupportedBus(other.to_string())),
         }
     }
 }
 
-/// Counts successful publishes on any bus, for the report.
+/// Counts successful publishes on any bus, for the report, and puts every topic under the run's
+/// namespace (`{namespace}.order.events`) when one is set, so that runs sharing a broker never see
+/// each other's events.
 struct CountingBus {
     inner: Arc<dyn EventBus>,
     published: AtomicU64,
+    prefix: Option<String>,
+}
+
+impl CountingBus {
+    fn topic<'a>(&self, topic: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.prefix {
+            Some(p) => std::borrow::Cow::Owned(format!("{p}.{topic}")),
+            None => std::borrow::Cow::Borrowed(topic),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl EventBus for CountingBus {
     async fn publish(&self, topic: &str, event: &composable_rust_core::SerializedEvent) -> Result<(), composable_rust_core::EventBusError> {
-        self.inner.publish(topic, event).await?;
+        self.inner.publish(&self.topic(topic), event).await?;
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -125,7 +144,9 @@ impl EventBus for CountingBus {
         topics: &[&str],
         options: SubscribeOptions,
     ) -> Result<composable_rust_core::EventStream, composable_rust_core::EventBusError> {
-        self.inner.subscribe_with(topics, options).await
+        let topics: Vec<std::borrow::Cow<'_, str>> = topics.iter().map(|t| self.topic(t)).collect();
+        let refs: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+        self.inner.subscribe_with(&refs, options).await
     }
 
     fn backend(&self) -> &'static str {
@@ -156,6 +177,72 @@ pub struct Config {
     pub store: StoreChoice,
     /// Event bus.
     pub bus: BusChoice,
+    /// Prefix of every topic and of the saga's consumer group (runs sharing a broker stay apart).
+    pub namespace: Option<String>,
+    /// What this process does.
+    pub role: Role,
+}
+
+/// What one `checkout-saga` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: aggregates, saga workers, orders, verification.
+    All,
+    /// Places the orders and verifies them; saga workers run in other processes (`Role::Worker`)
+    /// sharing the bus and a durable store.
+    Driver,
+    /// Runs `workers` saga workers until its standard input closes, then prints their statistics.
+    Worker,
+}
+
+impl FromStr for Role {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, AppError> {
+        match s {
+            "all" => Ok(Role::All),
+            "driver" => Ok(Role::Driver),
+            "worker" => Ok(Role::Worker),
+            other => Err(AppError::Setup(format!("unknown --role {other:?}: use all, driver or worker"))),
+        }
+    }
+}
+
+/// What a worker process did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    /// Saga steps applied by this process.
+    pub saga_steps: u64,
+    /// Redeliveries this process recognised and skipped.
+    pub saga_duplicates: u64,
+    /// Dead letters recorded.
+    pub dead_letters: u64,
+    /// Events this process published (those of the commands its saga steps dispatched).
+    pub events_published: u64,
+}
+
+/// Runs saga workers until `stop` resolves (a worker process's standard input closing).
+pub async fn run_worker(config: &Config, ready: impl FnOnce(), stop: impl Future<Output = ()>) -> Result<WorkerReport, AppError> {
+    if config.store == StoreChoice::Memory {
+        return Err(AppError::Setup("a worker process needs a store shared with the driver: --store sqlite:PATH or postgres://...".into()));
+    }
+    let w = Wiring::new(config).await?;
+    let relay = spawn_relay(Arc::clone(&w.dyn_store), Arc::clone(&w.dyn_bus), Duration::from_secs(5));
+    let mut workers = Vec::new();
+    for _ in 0..config.workers.max(1) {
+        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+    }
+    ready();
+    stop.await;
+    relay.shutdown().await;
+    let mut report = WorkerReport::default();
+    for worker in workers {
+        let stats = worker.shutdown().await;
+        report.saga_steps += stats.applied;
+        report.saga_duplicates += stats.duplicates;
+    }
+    report.dead_letters = w.dead_letters.total();
+    report.events_published = w.bus.published.load(Ordering::Relaxed);
+    Ok(report)
 }
 
 impl Default for Config {
@@ -171,6 +258,8 @@ impl Default for Config {
             timeout: Duration::from_secs(60),
             store: StoreChoice::Memory,
             bus: BusChoice::Memory,
+            namespace: None,
+            role: Role::All,
         }
     }
 }
@@ -275,6 +364,7 @@ struct Wiring {
     inventory: Arc<AggregateHandler<InventoryAggregate>>,
     payments: Arc<AggregateHandler<PaymentAggregate>>,
     saga_env: CheckoutEnv,
+    saga_group: Option<String>,
 }
 
 impl Wiring {
@@ -292,6 +382,7 @@ impl Wiring {
             // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
             BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
             BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
+            BusChoice::Redpanda(brokers) => Arc::new(RedpandaEventBus::new(brokers).await.map_err(|e| AppError::Bus(e.to_string()))?),
             BusChoice::Zenoh { listen, connect } => {
                 let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), ZenohConfig::listen);
                 zenoh = connect.iter().fold(zenoh, ZenohConfig::connect);
@@ -300,7 +391,7 @@ impl Wiring {
                 Arc::new(ZenohEventBus::open(zenoh).await.map_err(|e| AppError::Bus(e.to_string()))?)
             }
         };
-        let bus = Arc::new(CountingBus { inner, published: AtomicU64::new(0) });
+        let bus = Arc::new(CountingBus { inner, published: AtomicU64::new(0), prefix: config.namespace.clone() });
         let dyn_bus: Arc<dyn EventBus> = bus.clone();
         let dead_letters = Arc::new(InMemoryDeadLetters::default());
         let executor = Executor::builder().dead_letters(Arc::clone(&dead_letters) as Arc<dyn DeadLetterSink>).build();
@@ -313,16 +404,24 @@ impl Wiring {
             inventory: Arc::clone(&inventory) as Arc<dyn CommandHandler>,
             payments: Arc::clone(&payments) as Arc<dyn CommandHandler>,
         };
-        Ok(Self { bus, dyn_store, dyn_bus, dead_letters, executor, orders, inventory, payments, saga_env })
+        let saga_group = config.namespace.as_ref().map(|ns| format!("saga-{}-{ns}", CheckoutSaga::NAME));
+        Ok(Self { bus, dyn_store, dyn_bus, dead_letters, executor, orders, inventory, payments, saga_env, saga_group })
     }
 
     fn saga_runner(&self) -> SagaRunner<CheckoutSaga> {
-        SagaRunner::new(CheckoutSaga, self.saga_env.clone(), Arc::clone(&self.dyn_store), Arc::clone(&self.dyn_bus), self.executor.clone())
+        let runner = SagaRunner::new(CheckoutSaga, self.saga_env.clone(), Arc::clone(&self.dyn_store), Arc::clone(&self.dyn_bus), self.executor.clone());
+        match &self.saga_group {
+            Some(group) => runner.with_group(group.clone()),
+            None => runner,
+        }
     }
 }
 
 /// Runs the scenario.
 pub async fn run(config: &Config) -> Result<Report, AppError> {
+    if config.role == Role::Driver && config.store == StoreChoice::Memory {
+        return Err(AppError::Setup("--role driver needs a store shared with the worker processes: --store sqlite:PATH or postgres://...".into()));
+    }
     let w = Wiring::new(config).await?;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let plan = plan_orders(config, &run);
@@ -336,7 +435,8 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     // Watch order outcomes from the bus to know when every checkout is done.
     let mut outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
     let mut workers = Vec::new();
-    for _ in 0..config.workers.max(1) {
+    let in_process_workers = if config.role == Role::Driver { 0 } else { config.workers.max(1) };
+    for _ in 0..in_process_workers {
         workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
     }
 

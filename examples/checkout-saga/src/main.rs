@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use checkout_saga::app::{self, BusChoice, Config, StoreChoice};
+use checkout_saga::app::{self, BusChoice, Config, Role, StoreChoice};
 use clap::Parser;
 
 /// Runs N checkouts through the Order, Inventory and Payment aggregates and the CheckoutSaga, then
@@ -39,8 +39,8 @@ struct Args {
     /// Event store: `memory`, `sqlite:PATH` (kept across runs) or `postgres://USER@HOST:PORT/DB`.
     #[arg(long, default_value = "memory")]
     store: String,
-    /// Event bus: `memory`, `nats://HOST:PORT` (NATS JetStream) or `zenoh` (embedded, or a peer with
-    /// `--listen`/`--connect`).
+    /// Event bus: `memory`, `nats://HOST:PORT` (NATS JetStream), `redpanda://HOST:PORT[,HOST:PORT]`
+    /// (Redpanda or any Kafka broker) or `zenoh` (embedded, or a peer with `--listen`/`--connect`).
     #[arg(long, default_value = "memory")]
     bus: String,
     /// Zenoh only: an endpoint to listen on, e.g. `tcp/127.0.0.1:7447` (repeatable).
@@ -49,6 +49,14 @@ struct Args {
     /// Zenoh only: a peer to connect to, e.g. `tcp/127.0.0.1:7447` (repeatable).
     #[arg(long)]
     connect: Vec<String>,
+    /// Prefix for every topic and the saga's consumer group, so that runs sharing a broker stay apart.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// `all` (default): everything in this process. `driver`: place and verify orders while saga
+    /// workers run in `worker` processes sharing the bus and a durable store. `worker`: run
+    /// `--workers` saga workers until standard input closes, then print their statistics as JSON.
+    #[arg(long, default_value = "all")]
+    role: String,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -63,9 +71,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn,zenoh::net::routing=error" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
-    let (store, mut bus) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>()) {
-        (Ok(s), Ok(b)) => (s, b),
-        (Err(e), _) | (_, Err(e)) => {
+    let (store, mut bus, role) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>(), args.role.parse::<Role>()) {
+        (Ok(s), Ok(b), Ok(r)) => (s, b, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("checkout-saga: {e}");
             return ExitCode::from(2);
         }
@@ -92,6 +100,8 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(args.timeout_secs),
         store,
         bus,
+        namespace: args.namespace.clone(),
+        role,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -100,6 +110,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if role == Role::Worker {
+        return run_worker(&runtime, &config);
+    }
     let report = match runtime.block_on(app::run(&config)) {
         Ok(r) => r,
         Err(e) => {
@@ -116,6 +129,7 @@ fn main() -> ExitCode {
         let bus = match &config.bus {
             BusChoice::Memory => "in-memory bus".to_string(),
             BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
+            BusChoice::Redpanda(brokers) => format!("Redpanda/Kafka at {brokers}"),
             BusChoice::Zenoh { listen, connect } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
             BusChoice::Zenoh { listen, connect } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
         };
@@ -145,5 +159,32 @@ fn main() -> ExitCode {
             eprintln!("checkout-saga: PROBLEM: {p}");
         }
         ExitCode::FAILURE
+    }
+}
+
+/// A worker process: saga workers until standard input closes (the parent's signal to stop).
+fn run_worker(runtime: &tokio::runtime::Runtime, config: &Config) -> ExitCode {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let ready = || {
+        use std::io::Write;
+        println!("ready");
+        let _ = std::io::stdout().flush();
+    };
+    match runtime.block_on(app::run_worker(config, ready, async move { drop(rx.await) })) {
+        Ok(report) => {
+            match serde_json::to_string(&report) {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("checkout-saga: cannot encode the report: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("checkout-saga: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

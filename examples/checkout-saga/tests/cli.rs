@@ -136,3 +136,91 @@ fn zenoh_endpoints_are_refused_for_other_buses_and_checked() {
     assert!(!ok);
     assert!(stderr.contains("invalid Zenoh endpoint"), "{stderr}");
 }
+
+fn kafka_brokers() -> Option<String> {
+    let brokers = std::env::var("KAFKA_BROKERS").ok();
+    if brokers.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but KAFKA_BROKERS is not set (scripts/test.sh starts tansu and sets it)");
+        eprintln!("skipping: KAFKA_BROKERS not set");
+    }
+    brokers
+}
+
+fn namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+#[test]
+fn the_same_scenario_runs_over_redpanda_kafka() {
+    let Some(brokers) = kafka_brokers() else { return };
+    let ns = namespace();
+    let (ok, stdout, stderr) = run(&["--bus", &format!("redpanda://{brokers}"), "--namespace", &ns, "--orders", "300", "--json"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["orders"], 300);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["events_published"].as_u64(), Some(1212), "every domain event published once");
+    assert_eq!(report["saga_steps"].as_u64(), Some(1212), "every published event applied by the saga once");
+}
+
+#[test]
+fn two_saga_worker_processes_share_one_kafka_consumer_group() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let Some(brokers) = kafka_brokers() else { return };
+    let sqlite = std::env::temp_dir().join(format!("checkout-workers-{}.db", std::process::id()));
+    let store = std::env::var("DATABASE_URL").unwrap_or_else(|_| format!("sqlite:{}", sqlite.display()));
+    let (bus, ns) = (format!("redpanda://{brokers}"), namespace());
+    let common = ["--bus", &bus, "--store", &store, "--namespace", &ns];
+    let mut workers: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_checkout-saga"))
+                .args(common)
+                .args(["--role", "worker", "--workers", "1"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a worker process")
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for w in &mut workers {
+        let mut out = BufReader::new(w.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).expect("worker output");
+        if line.trim() != "ready" {
+            let mut err = String::new();
+            let _ = w.wait();
+            let _ = w.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("a worker must subscribe before the driver starts; it said {line:?}, stderr: {err}");
+        }
+        outputs.push(out);
+    }
+
+    let (ok, stdout, stderr) = run(&[&common[..], &["--role", "driver", "--orders", "120", "--json"]].concat());
+    // Closing stdin asks each worker to stop and print what it did.
+    let reports: Vec<serde_json::Value> = workers
+        .iter_mut()
+        .zip(outputs)
+        .map(|(w, mut out)| {
+            drop(w.stdin.take());
+            let mut rest = String::new();
+            out.read_to_string(&mut rest).unwrap();
+            assert!(w.wait().unwrap().success(), "worker failed: {rest}");
+            serde_json::from_str(rest.trim()).expect("worker JSON report")
+        })
+        .collect();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
+    }
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["problems"], serde_json::json!([]), "every checkout reached its expected final state, stock balances");
+    let steps: Vec<u64> = reports.iter().map(|r| r["saga_steps"].as_u64().unwrap()).collect();
+    assert!(steps.iter().all(|s| *s > 0), "both worker processes must have taken part: {steps:?}");
+    let published = report["events_published"].as_u64().unwrap() + reports.iter().map(|r| r["events_published"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(steps.iter().sum::<u64>(), published, "each published event applied by exactly one worker: {reports:?}");
+    assert!(reports.iter().all(|r| r["dead_letters"] == 0), "{reports:?}");
+}
