@@ -221,6 +221,11 @@ fn two_saga_worker_processes_share_one_kafka_consumer_group() {
     let steps: Vec<u64> = reports.iter().map(|r| r["saga_steps"].as_u64().unwrap()).collect();
     assert!(steps.iter().all(|s| *s > 0), "both worker processes must have taken part: {steps:?}");
     let published = report["events_published"].as_u64().unwrap() + reports.iter().map(|r| r["events_published"].as_u64().unwrap()).sum::<u64>();
-    assert_eq!(steps.iter().sum::<u64>(), published, "each published event applied by exactly one worker: {reports:?}");
+    // At-least-once: an event can be published twice (each process's outbox relay may republish
+    // another's in-flight publish) and redelivered on a rebalance; the saga applies it once and
+    // recognises the rest. The driver's checks above prove the effects happened exactly once.
+    let applied = steps.iter().sum::<u64>();
+    let recognised: u64 = reports.iter().map(|r| r["saga_duplicates"].as_u64().unwrap()).sum();
+    assert!(applied <= published && published <= applied + recognised, "applied {applied}, recognised {recognised}, published {published}: {reports:?}");
     assert!(reports.iter().all(|r| r["dead_letters"] == 0), "{reports:?}");
 }
