@@ -210,7 +210,9 @@ impl RedpandaEventBus {
         let err = |reason: String| RedpandaError::CreateTopic { topic: topic.to_owned(), reason };
         Topic::new(topic).map_err(|e| err(e.to_string()))?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-        let options = AdminOptions::new().operation_timeout(Some(Timeout::After(self.config.request_timeout))).request_timeout(Some(Timeout::After(self.config.request_timeout)));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Timeout::After(self.config.request_timeout)))
+            .request_timeout(Some(Timeout::After(self.config.request_timeout)));
         let results = self.admin.create_topics([&new], &options).await.map_err(|e| err(e.to_string()))?;
         for result in results {
             match result {

@@ -178,7 +178,9 @@ impl RedpandaConfig {
         Ok(())
     }
 
-    pub(crate) fn producer_config(&self) -> rdkafka::ClientConfig {
+    /// The librdkafka settings of this bus's producer: for a raw client that must behave the same
+    /// (benchmarks, tools).
+    pub fn producer_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("acks", self.acks.as_kafka())
@@ -193,7 +195,8 @@ impl RedpandaConfig {
         c
     }
 
-    pub(crate) fn consumer_config(&self, group: &str, reset: OffsetReset) -> rdkafka::ClientConfig {
+    /// The librdkafka settings of this bus's consumers in `group`.
+    pub fn consumer_config(&self, group: &str, reset: OffsetReset) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", group)

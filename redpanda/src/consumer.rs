@@ -110,7 +110,8 @@ impl DeliveryAck for KafkaAck {
 /// Builds the event from a Kafka message: payload as data, metadata from `cr-*` headers.
 fn decode(message: &BorrowedMessage<'_>) -> Result<Arc<BusMessage>, EventBusError> {
     let decode_err = |source| EventBusError::Decode { topic: message.topic().to_owned(), source };
-    let topic = Topic::new(message.topic()).map_err(|e| decode_err(composable_rust_core::CodecError::Malformed { what: "kafka topic".into(), reason: e.to_string() }))?;
+    let topic = Topic::new(message.topic())
+        .map_err(|e| decode_err(composable_rust_core::CodecError::Malformed { what: "kafka topic".into(), reason: e.to_string() }))?;
     let headers = message.headers().into_iter().flat_map(|h| h.iter()).filter_map(|h| h.value.map(|v| (h.key, v)));
     let data = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
     let fallback = || Uuid::new_v5(&FOREIGN_ID_NAMESPACE, format!("{}/{}/{}", message.topic(), message.partition(), message.offset()).as_bytes());

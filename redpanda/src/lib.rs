@@ -52,6 +52,8 @@
 pub mod bus;
 mod config;
 mod consumer;
+#[cfg(feature = "testcontainers")]
+pub mod containers;
 mod dead_letters;
 mod offsets;
 

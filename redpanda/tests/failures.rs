@@ -47,7 +47,7 @@ async fn collect(s: &mut EventStream, n: usize, within: Duration) -> Vec<String>
             }
             Ok(Some(Err(EventBusError::Unavailable { .. }))) => {}
             Ok(other) => panic!("unexpected stream item {other:?}"),
-            Err(_) => panic!("only {} of {n} deliveries within {within:?}: {got:?}", got.len()),
+            Err(elapsed) => panic!("only {} of {n} deliveries within {within:?} ({elapsed}): {got:?}", got.len()),
         }
     }
     got
@@ -81,7 +81,11 @@ async fn transient_produce_errors_are_retried_without_duplicates() {
     let bus = mock_bus(&mock).await;
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION],
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        ],
     );
     for v in 1..=3 {
         bus.publish("payments", &event("p-1", v)).await.expect("retried by the idempotent producer");

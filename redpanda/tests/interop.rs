@@ -16,7 +16,10 @@ fn python_with_confluent_kafka() -> bool {
     if Command::new("python3").args(["-c", "import confluent_kafka"]).output().is_ok_and(|o| o.status.success()) {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but python3 cannot import confluent_kafka (pip install confluent-kafka; scripts/test.sh does)");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but python3 cannot import confluent_kafka (pip install confluent-kafka; scripts/test.sh does)"
+    );
     eprintln!("skipping: python3 with confluent-kafka not available");
     false
 }

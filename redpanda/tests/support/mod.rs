@@ -22,7 +22,9 @@ fn tansu_binary() -> Option<std::path::PathBuf> {
     if in_path {
         return Some("tansu".into());
     }
-    let home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))?;
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))?;
     let bin = home.join("bin").join("tansu");
     bin.exists().then_some(bin)
 }
