@@ -3,9 +3,12 @@
 #   formatting, clippy (pedantic, warnings are errors), documentation (warnings are errors),
 #   every crate's unit, integration, conformance and doc tests, and the checkout-saga acceptance run.
 #
-# Servers: nats-server (JetStream) and PostgreSQL 15 are installed if missing (Debian packages) and
-# started on free loopback ports in temporary directories, unless NATS_URL / DATABASE_URL point at
-# your own. They are stopped on exit. Tests never skip a backend under CI=true.
+# Servers: nats-server (JetStream) and PostgreSQL 15 (Debian packages) and tansu, a Kafka-protocol
+# broker (`cargo install tansu`, about 10 minutes the first time on 2 cores), are installed if missing
+# and started on free loopback ports in temporary directories, unless NATS_URL / DATABASE_URL /
+# KAFKA_BROKERS point at your own. They are stopped on exit. Zenoh needs no server. The Python
+# clients used by the interop tests (eclipse-zenoh, confluent-kafka, nats-py) come from PyPI.
+# Tests never skip a backend under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +19,10 @@ log_dir="$(mktemp -d)"
 pg_dir=""
 source scripts/services/nats.sh
 source scripts/services/postgres.sh
+source scripts/services/kafka.sh
 cleanup() {
   nats_stop "$log_dir/nats"
+  kafka_stop "$log_dir/kafka"
   if [ -n "$pg_dir" ]; then
     pg_stop "$pg_dir"
     rm -rf "$pg_dir"
@@ -40,8 +45,17 @@ pip_ensure() { # module package
   fi
 }
 pip_ensure zenoh eclipse-zenoh
+pip_ensure confluent_kafka confluent-kafka
 
 step "servers (Zenoh needs none: its tests run embedded sessions and peers on loopback)"
+if [ -n "${KAFKA_BROKERS:-}" ]; then
+  echo "using KAFKA_BROKERS=$KAFKA_BROKERS"
+else
+  kafka_install
+  KAFKA_BROKERS="$(kafka_start "$log_dir/kafka")"
+  export KAFKA_BROKERS
+  echo "$(tansu --version 2>/dev/null || echo tansu) at $KAFKA_BROKERS"
+fi
 if [ -n "${NATS_URL:-}" ]; then
   echo "using NATS_URL=$NATS_URL"
 else
@@ -67,8 +81,8 @@ cargo fmt --all -- --check
 step "lints (cargo clippy, pedantic, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "lints of the optional testcontainers helper (needs Docker to run, so only compiled here)"
-cargo clippy -p composable-rust-postgres --features testcontainers --all-targets --locked -- -D warnings
+step "lints of the optional testcontainers helpers (they need Docker to run, so only compiled here)"
+cargo clippy -p composable-rust-postgres -p composable-rust-redpanda --features testcontainers --all-targets --locked -- -D warnings
 
 step "tests (unit, integration, conformance, doc tests)"
 cargo test --workspace --locked 2>&1 | tee "$log_dir/test.log"
