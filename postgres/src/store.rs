@@ -160,6 +160,10 @@ impl PostgresEventStore {
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
+            // sqlx pings a pooled connection before every use by default: a second round trip per
+            // append. A connection that died is reported by the statement itself (a retryable
+            // `Unavailable`) and dropped by the pool.
+            .test_before_acquire(false)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await

@@ -16,9 +16,11 @@ use zenoh::Wait;
 use zenoh::bytes::ZBytes;
 use zenoh::pubsub::Subscriber;
 use zenoh::qos::CongestionControl;
+use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::sample::Sample;
 
 use crate::config::{ZenohConfig, ZenohError};
+use crate::history::{History, RecentIds};
 use crate::keys::{self, SESSION_HEADER};
 use crate::metadata;
 
@@ -63,6 +65,8 @@ struct Feed {
     group: String,
     filter: Filter,
     stats: Arc<ZenohStats>,
+    /// Set when the subscription replays history: what was already delivered.
+    recent: Option<Mutex<RecentIds>>,
 }
 
 impl Feed {
@@ -78,6 +82,7 @@ impl Feed {
                 Item::Again(message, attempt) => (message, attempt),
                 Item::Fresh(sample) => match decode_sample(&sample, &self.filter) {
                     Ok(None) => continue,
+                    Ok(Some(message)) if self.recent.as_ref().is_some_and(|r| !r.lock().first_time(message.event.event_id)) => continue,
                     Ok(Some(message)) => (message, 1),
                     Err(e) => {
                         self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +156,8 @@ pub struct ZenohEventBus {
 type GroupKey = (String, Vec<String>);
 
 struct Inner {
+    /// Declared before the session field so its queryables go first on drop.
+    history: Option<History>,
     session: zenoh::Session,
     config: ZenohConfig,
     groups: Mutex<HashMap<GroupKey, Weak<Feed>>>,
@@ -174,13 +181,17 @@ impl ZenohEventBus {
         let zenoh_config = config.to_zenoh()?;
         let session = zenoh::open(zenoh_config).await.map_err(|e| ZenohError::Open { reason: e.to_string() })?;
         tracing::debug!(zid = %session.zid(), mode = ?config.mode, "zenoh session opened");
-        Ok(Self::from_session(session, config))
+        Self::from_session(session, config)
     }
 
     /// Wraps a session the caller opened (its settings are the caller's; `config` only supplies the
-    /// bus's own settings).
-    pub fn from_session(session: zenoh::Session, config: ZenohConfig) -> Self {
-        Self { inner: Arc::new(Inner { session, config, groups: Mutex::default(), stats: Arc::default() }) }
+    /// bus's own settings: buffers and history).
+    pub fn from_session(session: zenoh::Session, config: ZenohConfig) -> Result<Self, ZenohError> {
+        let history = match config.history {
+            0 => None,
+            capacity => Some(History::serve(&session, capacity).map_err(|reason| ZenohError::Open { reason })?),
+        };
+        Ok(Self { inner: Arc::new(Inner { history, session, config, groups: Mutex::default(), stats: Arc::default() }) })
     }
 
     /// The underlying session (for raw access, or to declare queryables beside the bus).
@@ -201,9 +212,13 @@ impl ZenohEventBus {
     }
 
     fn put(&self, key: String, event: &SerializedEvent, attachment: ZBytes) -> Result<(), String> {
+        let payload = ZBytes::from(event.data.clone());
+        if let Some(history) = &self.inner.history {
+            history.retain(&key, &payload, &attachment);
+        }
         self.inner
             .session
-            .put(key, ZBytes::from(event.data.clone()))
+            .put(key, payload)
             .attachment(attachment)
             // Block, not Drop: a congested link slows the publisher down instead of discarding the
             // sample after `publish` already said Ok.
@@ -234,7 +249,29 @@ impl ZenohEventBus {
                 .map_err(|e| format!("key expression {key_expr:?}: {e}"))?;
             subscribers.push(subscriber);
         }
-        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group, filter: filter.clone(), stats: Arc::clone(&self.inner.stats) })
+        let replay = self.inner.config.replay_history;
+        if replay {
+            // After the subscribers exist, so an event is either live, replayed, or both (de-duplicated).
+            for key_expr in key_exprs {
+                let (tx, missed) = (tx.clone(), Arc::clone(&missed));
+                self.inner
+                    .session
+                    .get(key_expr.as_str())
+                    .target(QueryTarget::All)
+                    .consolidation(ConsolidationMode::None)
+                    .callback(move |reply| {
+                        if let Ok(sample) = reply.into_result()
+                            && let Err(flume::TrySendError::Full(_)) = tx.try_send(Item::Fresh(sample))
+                        {
+                            missed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .wait()
+                    .map_err(|e| format!("history query {key_expr:?}: {e}"))?;
+            }
+        }
+        let recent = replay.then(|| Mutex::new(RecentIds::default()));
+        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group, filter: filter.clone(), stats: Arc::clone(&self.inner.stats), recent })
     }
 }
 

@@ -67,6 +67,12 @@ pub struct ZenohConfig {
     pub mode: ZenohMode,
     /// Samples buffered per subscription before it reports lag (the bus never blocks Zenoh's threads).
     pub subscriber_capacity: usize,
+    /// Publisher side: how many of its latest published events this bus keeps and serves to
+    /// subscribers that ask for history (0, the default: none).
+    pub history: usize,
+    /// Subscriber side: on `subscribe`, ask every reachable bus that keeps history for its retained
+    /// events matching the subscription, before and together with live ones.
+    pub replay_history: bool,
 }
 
 impl Default for ZenohConfig {
@@ -78,18 +84,23 @@ impl Default for ZenohConfig {
 impl ZenohConfig {
     /// An embedded session: zero network activity.
     pub fn embedded() -> Self {
-        Self { mode: ZenohMode::Embedded, subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY }
+        Self { mode: ZenohMode::Embedded, subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY, history: 0, replay_history: false }
     }
 
     /// A peer with no endpoints yet; add them with [`listen`](Self::listen) and
     /// [`connect`](Self::connect).
     pub fn peer() -> Self {
-        Self { mode: ZenohMode::Peer { listen: Vec::new(), connect: Vec::new() }, subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY }
+        Self {
+            mode: ZenohMode::Peer { listen: Vec::new(), connect: Vec::new() },
+            subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY,
+            history: 0,
+            replay_history: false,
+        }
     }
 
     /// Settings from a Zenoh configuration file.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
-        Self { mode: ZenohMode::File(path.into()), subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY }
+        Self { mode: ZenohMode::File(path.into()), subscriber_capacity: DEFAULT_SUBSCRIBER_CAPACITY, history: 0, replay_history: false }
     }
 
     /// Adds a listen endpoint (switches an embedded configuration to peer mode).
@@ -110,6 +121,20 @@ impl ZenohConfig {
     #[must_use]
     pub fn subscriber_capacity(mut self, capacity: usize) -> Self {
         self.subscriber_capacity = capacity.max(1);
+        self
+    }
+
+    /// Keeps the latest `events` published events for late subscribers ([`history`](Self::history)).
+    #[must_use]
+    pub fn history(mut self, events: usize) -> Self {
+        self.history = events;
+        self
+    }
+
+    /// Asks for retained history on every subscribe ([`replay_history`](Self::replay_history)).
+    #[must_use]
+    pub fn replay_history(mut self, on: bool) -> Self {
+        self.replay_history = on;
         self
     }
 

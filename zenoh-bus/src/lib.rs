@@ -31,10 +31,16 @@
 //!   `Ok` means Zenoh accepted the sample for routing to the subscribers that match *now*; it is not
 //!   a broker acknowledgement and nothing is stored.
 //! - A subscription receives what is published after `subscribe` returned, while the peers are
-//!   connected. **There is no replay**: events published while a subscriber was away, or before it
-//!   subscribed, are not delivered later, and nothing survives a restart. Recover from the event store
-//!   (`EventStore::read_all` from the last position you handled); the runtime's outbox relay
-//!   republishes what a crashed publisher never sent.
+//!   connected. **By default there is no replay**: events published while a subscriber was away, or
+//!   before it subscribed, are not delivered later, and nothing survives a restart. Recover from the
+//!   event store (`EventStore::read_all` from the last position you handled); the runtime's outbox
+//!   relay republishes what a crashed publisher never sent.
+//! - Opt-in history: a publishing bus with [`ZenohConfig::history`]`(n)` keeps its latest `n` events
+//!   in memory and serves them to queries; a subscribing bus with
+//!   [`ZenohConfig::replay_history`]`(true)` asks every reachable publisher for the retained events
+//!   matching each subscription, right after subscribing, and delivers them with the live ones, each
+//!   event once. It is best effort: a publisher that restarted or is unreachable has nothing to give,
+//!   and replayed events can interleave with live ones (their stream versions tell the order).
 //! - Per publisher and key, samples arrive in publish order.
 //! - A subscription buffers up to [`ZenohConfig::subscriber_capacity`] samples. Zenoh's threads are
 //!   never blocked by a slow consumer: samples beyond the buffer are dropped for that subscription and
@@ -52,6 +58,7 @@
 
 pub mod bus;
 mod config;
+mod history;
 pub mod keys;
 pub mod metadata;
 

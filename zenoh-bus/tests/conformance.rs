@@ -159,3 +159,56 @@ async fn group_members_in_one_process_share_and_leave_cleanly() {
     let d = next(&mut m2, "new member").await.unwrap();
     assert_eq!(label(&d), "order-1#99", "a group with no member keeps nothing on this bus");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_history_a_late_subscriber_gets_only_what_comes_after() {
+    let bus = embedded().await;
+    bus.publish("Order", &stream_event("order-1", 1)).await.unwrap();
+    let mut late = bus.subscribe_with(&["Order"], SubscribeOptions::exclusive()).await.unwrap();
+    bus.publish("Order", &stream_event("order-1", 2)).await.unwrap();
+    assert_eq!(label(&next(&mut late, "live").await.unwrap()), "order-1#2");
+    nothing_within(&mut late, Duration::from_millis(150)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaying_subscriber_gets_the_retained_history_then_live_events_each_once() {
+    let bus = ZenohEventBus::open(ZenohConfig::embedded().history(3).replay_history(true)).await.unwrap();
+    for v in 1..=5 {
+        bus.publish("Order", &stream_event("order-1", v)).await.unwrap();
+    }
+    bus.publish("Payment", &stream_event("payment-1", 1)).await.unwrap();
+    let mut late = bus.subscribe_with(&["Order"], SubscribeOptions::exclusive()).await.unwrap();
+    bus.publish("Order", &stream_event("order-1", 6)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(label(&next(&mut late, "replay and live").await.unwrap()));
+    }
+    nothing_within(&mut late, Duration::from_millis(200)).await;
+    got.sort();
+    // The ring keeps the last 3 events of any topic (order-1#4, order-1#5, payment-1#1): the
+    // subscription's filter keeps the Order ones, and #6 arrives live.
+    assert_eq!(got, ["order-1#4", "order-1#5", "order-1#6"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_joins_late_replays_another_peers_history() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let publisher = ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint).history(100)).await.unwrap();
+    for v in 1..=4 {
+        publisher.publish("Order", &stream_event("order-9", v)).await.unwrap();
+    }
+    let late = ZenohEventBus::open(ZenohConfig::peer().connect(&endpoint).replay_history(true)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while late.session().info().peers_zid().await.next().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the peers never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut s = late.subscribe_with(&["events/Order/order-9/**"], SubscribeOptions::exclusive()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(label(&next(&mut s, "replayed across peers").await.unwrap()));
+    }
+    got.sort();
+    assert_eq!(got, ["order-9#1", "order-9#2", "order-9#3", "order-9#4"]);
+}
