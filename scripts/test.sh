@@ -85,7 +85,7 @@ step "lints of the optional testcontainers helpers (they need Docker to run, so 
 cargo clippy -p composable-rust-postgres -p composable-rust-redpanda --features testcontainers --all-targets --locked -- -D warnings
 
 step "tests (unit, integration, conformance, doc tests)"
-cargo test --workspace --locked 2>&1 | tee "$log_dir/test.log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log_dir/test.log"
 
 step "documentation (missing docs and broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

@@ -185,16 +185,26 @@ fn two_saga_worker_processes_share_one_kafka_consumer_group() {
                 .expect("spawn a worker process")
         })
         .collect();
+    // Drained as the workers run: a full stderr pipe would block a worker mid-run.
+    let stderr_readers: Vec<std::thread::JoinHandle<String>> = workers
+        .iter_mut()
+        .map(|w| {
+            let mut err = w.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = err.read_to_string(&mut text);
+                text
+            })
+        })
+        .collect();
     let mut outputs = Vec::new();
     for w in &mut workers {
         let mut out = BufReader::new(w.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).expect("worker output");
         if line.trim() != "ready" {
-            let mut err = String::new();
             let _ = w.wait();
-            let _ = w.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            panic!("a worker must subscribe before the driver starts; it said {line:?}, stderr: {err}");
+            panic!("a worker must subscribe before the driver starts; it said {line:?}, stderr: {:?}", w.stderr);
         }
         outputs.push(out);
     }
@@ -212,12 +222,17 @@ fn two_saga_worker_processes_share_one_kafka_consumer_group() {
             serde_json::from_str(rest.trim()).expect("worker JSON report")
         })
         .collect();
+    let worker_logs: Vec<String> = stderr_readers.into_iter().map(|h| h.join().unwrap()).collect();
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
     }
     assert!(ok, "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
-    assert_eq!(report["problems"], serde_json::json!([]), "every checkout reached its expected final state, stock balances");
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([]),
+        "every checkout reached its expected final state, stock balances; workers {reports:?}, their logs {worker_logs:#?}"
+    );
     let steps: Vec<u64> = reports.iter().map(|r| r["saga_steps"].as_u64().unwrap()).collect();
     assert!(steps.iter().all(|s| *s > 0), "both worker processes must have taken part: {steps:?}");
     let published = report["events_published"].as_u64().unwrap() + reports.iter().map(|r| r["events_published"].as_u64().unwrap()).sum::<u64>();
