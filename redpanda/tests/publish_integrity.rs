@@ -11,13 +11,13 @@ use support::{broker, unique_topic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_are_each_stored_once_in_stream_order() {
+    const STREAMS: u64 = 64;
+    const PER_STREAM: u64 = 100;
     let Some((_broker, brokers)) = broker() else { return };
     let bus = support::bus(&brokers).await;
     let second_producer = support::bus(&brokers).await;
     let topic = unique_topic("integrity");
     bus.create_topic(&topic, 3, 1).await.unwrap();
-    const STREAMS: u64 = 64;
-    const PER_STREAM: u64 = 100;
     // One task per stream publishing in order, all streams at once, from two producers: many
     // batches in flight to each partition.
     let tasks: Vec<_> = (0..STREAMS)
@@ -54,6 +54,7 @@ async fn concurrent_publishes_are_each_stored_once_in_stream_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_mid_stream_loses_nothing() {
+    const N: u64 = 3000;
     let Some((_broker, brokers)) = broker() else { return };
     let bus = support::bus(&brokers).await;
     let topics: Vec<String> = (0..3).map(|_| unique_topic("joining")).collect();
@@ -61,7 +62,6 @@ async fn a_member_joining_mid_stream_loses_nothing() {
     for t in &topics {
         bus.create_topic(t, 3, 1).await.unwrap();
     }
-    const N: u64 = 3000;
     let publisher = {
         let (bus, topics) = (bus.clone(), topics.clone());
         tokio::spawn(async move {
