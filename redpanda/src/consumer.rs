@@ -81,7 +81,11 @@ struct KafkaAck {
 }
 
 fn store(consumer: &MemberConsumer, state: &MemberState, p: &Position) -> Result<(), EventBusError> {
-    let Some(next) = state.tracker.lock().acked(&p.topic, p.partition, p.offset, p.generation) else { return Ok(()) };
+    let Some(next) = state.tracker.lock().acked(&p.topic, p.partition, p.offset, p.generation) else {
+        tracing::trace!(group = %state.group, topic = %p.topic, partition = p.partition, offset = p.offset, generation = p.generation, "acked; committable offset unchanged");
+        return Ok(());
+    };
+    tracing::trace!(group = %state.group, topic = %p.topic, partition = p.partition, offset = p.offset, generation = p.generation, next, "acked; storing");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next)).map_err(|e| EventBusError::AckFailed { reason: e.to_string() })?;
     if let Err(e) = consumer.store_offsets(&tpl) {
@@ -155,6 +159,7 @@ async fn next_item(consumer: &Arc<MemberConsumer>, state: &Arc<MemberState>, dea
             }
         };
         let generation = state.tracker.lock().delivered(message.topic(), message.partition(), message.offset());
+        tracing::trace!(group = %state.group, topic = message.topic(), partition = message.partition(), offset = message.offset(), generation, "delivered");
         let position = Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset(), generation };
         match decode(&message) {
             Ok(bus_message) => {

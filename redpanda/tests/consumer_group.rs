@@ -276,3 +276,33 @@ async fn a_restarted_consumer_gets_what_it_had_not_acknowledged() {
     }
     assert_eq!(again, [3, 4, 5, 6], "resumes at the first unacknowledged message, in partition order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resuming_inside_a_producer_batch_gets_the_rest_of_it() {
+    let Some((_broker, brokers)) = broker() else { return };
+    let bus = bus(&brokers).await;
+    let topic = unique_topic("midbatch");
+    let group = unique_topic("resumers");
+    bus.create_topic(&topic, 1, 1).await.unwrap();
+    // Published concurrently, so the producer may put several in one batch.
+    let events: Vec<SerializedEvent> = (1..=10).map(|v| event(0, v)).collect();
+    let sends = events.iter().map(|e| bus.publish(&topic, e));
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    {
+        let mut s = bus.subscribe_with(&[&topic], SubscribeOptions::group(&group)).await.unwrap();
+        for _ in 0..3 {
+            next(&mut s, Duration::from_secs(30)).await.expect("a delivery").ack().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut s = bus.subscribe_with(&[&topic], SubscribeOptions::group(&group)).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(d) = next(&mut s, Duration::from_secs(if rest.is_empty() { 30 } else { 3 })).await {
+        rest.push(version_of(&label(&d)));
+        d.ack().await.unwrap();
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, [4, 5, 6, 7, 8, 9, 10], "the group resumes at its committed offset, inside the batch or not");
+}

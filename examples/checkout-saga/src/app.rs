@@ -12,7 +12,7 @@ use composable_rust_core::GlobalPosition;
 use composable_rust_core::{AnyCommand, CommandEnvelope, CommandHandler, EventBus, EventStore, SubscribeOptions};
 use composable_rust_nats::NatsEventBus;
 use composable_rust_postgres::PostgresEventStore;
-use composable_rust_redpanda::RedpandaEventBus;
+use composable_rust_redpanda::{RedpandaConfig, RedpandaEventBus};
 use composable_rust_runtime::outbox::spawn_relay;
 use composable_rust_runtime::{AggregateHandler, DeadLetterSink, Executor, InMemoryDeadLetters, SagaRunner};
 use composable_rust_sqlite::SqliteEventStore;
@@ -44,7 +44,7 @@ pub enum AppError {
     #[error("event store: {0}")]
     Store(String),
     /// A `--bus` value this build does not support.
-    #[error("unsupported --bus {0:?}: this build supports `memory` and `nats://HOST:PORT` (Redpanda and Zenoh buses are planned in their own crates)")]
+    #[error("unsupported --bus {0:?}: use `memory`, `nats://HOST:PORT`, `redpanda://HOST:PORT[?KEY=VALUE&...]` or `zenoh`")]
     UnsupportedBus(String),
     /// The bus could not be reached or set up.
     #[error("event bus: {0}")]
@@ -84,8 +84,14 @@ pub enum BusChoice {
     Memory,
     /// NATS JetStream at this URL.
     Nats(String),
-    /// Redpanda/Kafka at these bootstrap brokers (`HOST:PORT[,HOST:PORT]`).
-    Redpanda(String),
+    /// Redpanda/Kafka at these bootstrap brokers (`redpanda://HOST:PORT[,HOST:PORT][?KEY=VALUE&...]`,
+    /// the query being librdkafka properties passed through).
+    Redpanda {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// librdkafka properties.
+        properties: Vec<(String, String)>,
+    },
     /// Zenoh: embedded when both lists are empty, otherwise a peer on these endpoints
     /// (`tcp/HOST:PORT`). Every peer sees every event: connect observers, not a second checkout-saga,
     /// whose saga would act on this run's orders too (Zenoh groups do not span processes).
@@ -105,8 +111,14 @@ impl FromStr for BusChoice {
             url if url.starts_with("nats://") => Ok(BusChoice::Nats(url.to_string())),
             "zenoh" => Ok(BusChoice::Zenoh { listen: Vec::new(), connect: Vec::new() }),
             url if url.starts_with("redpanda://") || url.starts_with("kafka://") => {
-                let brokers = url.split_once("://").map(|(_, b)| b.trim_end_matches('/')).unwrap_or_default();
-                Ok(BusChoice::Redpanda(brokers.to_string()))
+                let rest = url.split_once("://").map(|(_, b)| b).unwrap_or_default();
+                let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+                let mut properties = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| AppError::Bus(format!("{url}: {pair:?} is not a KEY=VALUE client property")))?;
+                    properties.push((k.to_string(), v.to_string()));
+                }
+                Ok(BusChoice::Redpanda { brokers: brokers.trim_end_matches('/').to_string(), properties })
             }
             other => Err(AppError::UnsupportedBus(other.to_string())),
         }
@@ -382,7 +394,11 @@ impl Wiring {
             // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
             BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
             BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
-            BusChoice::Redpanda(brokers) => Arc::new(RedpandaEventBus::new(brokers).await.map_err(|e| AppError::Bus(e.to_string()))?),
+            BusChoice::Redpanda { brokers, properties } => {
+                let mut kafka = RedpandaConfig::new(brokers.clone());
+                kafka.properties.extend(properties.iter().cloned());
+                Arc::new(RedpandaEventBus::connect_with(kafka).await.map_err(|e| AppError::Bus(e.to_string()))?)
+            }
             BusChoice::Zenoh { listen, connect } => {
                 let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), ZenohConfig::listen);
                 zenoh = connect.iter().fold(zenoh, ZenohConfig::connect);

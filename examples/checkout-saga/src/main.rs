@@ -40,7 +40,8 @@ struct Args {
     #[arg(long, default_value = "memory")]
     store: String,
     /// Event bus: `memory`, `nats://HOST:PORT` (NATS JetStream), `redpanda://HOST:PORT[,HOST:PORT]`
-    /// (Redpanda or any Kafka broker) or `zenoh` (embedded, or a peer with `--listen`/`--connect`).
+    /// (Redpanda or any Kafka broker; `?KEY=VALUE&...` passes librdkafka properties) or `zenoh`
+    /// (embedded, or a peer with `--listen`/`--connect`).
     #[arg(long, default_value = "memory")]
     bus: String,
     /// Zenoh only: an endpoint to listen on, e.g. `tcp/127.0.0.1:7447` (repeatable).
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
         let bus = match &config.bus {
             BusChoice::Memory => "in-memory bus".to_string(),
             BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
-            BusChoice::Redpanda(brokers) => format!("Redpanda/Kafka at {brokers}"),
+            BusChoice::Redpanda { brokers, .. } => format!("Redpanda/Kafka at {brokers}"),
             BusChoice::Zenoh { listen, connect } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
             BusChoice::Zenoh { listen, connect } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
         };

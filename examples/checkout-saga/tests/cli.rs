@@ -137,13 +137,16 @@ fn zenoh_endpoints_are_refused_for_other_buses_and_checked() {
     assert!(stderr.contains("invalid Zenoh endpoint"), "{stderr}");
 }
 
-fn kafka_brokers() -> Option<String> {
-    let brokers = std::env::var("KAFKA_BROKERS").ok();
-    if brokers.is_none() {
+/// `redpanda://KAFKA_BROKERS`, with `KAFKA_CLIENT_PROPERTIES` (`k=v,k=v`; the tansu workaround
+/// scripts/test.sh sets) as the URL's query.
+fn kafka_bus_url() -> Option<String> {
+    let Ok(brokers) = std::env::var("KAFKA_BROKERS") else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but KAFKA_BROKERS is not set (scripts/test.sh starts tansu and sets it)");
         eprintln!("skipping: KAFKA_BROKERS not set");
-    }
-    brokers
+        return None;
+    };
+    let properties = std::env::var("KAFKA_CLIENT_PROPERTIES").unwrap_or_default().replace(',', "&");
+    Some(if properties.is_empty() { format!("redpanda://{brokers}") } else { format!("redpanda://{brokers}?{properties}") })
 }
 
 fn namespace() -> String {
@@ -152,9 +155,9 @@ fn namespace() -> String {
 
 #[test]
 fn the_same_scenario_runs_over_redpanda_kafka() {
-    let Some(brokers) = kafka_brokers() else { return };
+    let Some(bus) = kafka_bus_url() else { return };
     let ns = namespace();
-    let (ok, stdout, stderr) = run(&["--bus", &format!("redpanda://{brokers}"), "--namespace", &ns, "--orders", "300", "--json"]);
+    let (ok, stdout, stderr) = run(&["--bus", &bus, "--namespace", &ns, "--orders", "300", "--json"]);
     assert!(ok, "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(report["orders"], 300);
@@ -168,10 +171,10 @@ fn two_saga_worker_processes_share_one_kafka_consumer_group() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
 
-    let Some(brokers) = kafka_brokers() else { return };
+    let Some(bus) = kafka_bus_url() else { return };
     let sqlite = std::env::temp_dir().join(format!("checkout-workers-{}.db", std::process::id()));
     let store = std::env::var("DATABASE_URL").unwrap_or_else(|_| format!("sqlite:{}", sqlite.display()));
-    let (bus, ns) = (format!("redpanda://{brokers}"), namespace());
+    let ns = namespace();
     let common = ["--bus", &bus, "--store", &store, "--namespace", &ns];
     let mut workers: Vec<std::process::Child> = (0..2)
         .map(|_| {

@@ -63,6 +63,21 @@ impl Drop for Tansu {
     }
 }
 
+/// librdkafka properties for the broker under test: `KAFKA_CLIENT_PROPERTIES` (`k=v,k=v`), which
+/// scripts/test.sh sets with the tansu workaround below, or the workaround itself for a private tansu.
+///
+/// tansu 0.6 answers a fetch that starts inside a multi-record batch with the *next* batch, silently
+/// skipping the rest of the first one: a consumer group resuming at a committed offset inside a
+/// batch loses messages. One record per producer batch (`batch.num.messages=1`) avoids it; Kafka and
+/// Redpanda need no workaround.
+pub const TANSU_WORKAROUND: &str = "batch.num.messages=1";
+
+fn client_properties() -> Vec<(String, String)> {
+    let spec = std::env::var("KAFKA_CLIENT_PROPERTIES")
+        .unwrap_or_else(|_| if std::env::var("KAFKA_BROKERS").is_ok() { String::new() } else { TANSU_WORKAROUND.into() });
+    spec.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
+}
+
 /// The brokers to test against: `KAFKA_BROKERS`, or a private tansu. `None` (skip) only outside CI.
 pub fn broker() -> Option<(Option<Tansu>, String)> {
     if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
@@ -89,6 +104,7 @@ pub fn config(brokers: &str) -> RedpandaConfig {
     // Also the group's rebalance timeout: how long the broker waits for a silent member to rejoin
     // before reassigning its partitions. Kafka's 5 minutes would dominate the hand-over tests.
     c.properties.insert("max.poll.interval.ms".into(), "10000".into());
+    c.properties.extend(client_properties());
     c
 }
 
