@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use composable_rust_core::{Delivery, EventBus, EventStream, SerializedEvent, StreamId, SubscribeOptions, Version};
+use composable_rust_core::{Delivery, EventBus, EventBusError, EventStream, SerializedEvent, StreamId, SubscribeOptions, Version};
 use futures::StreamExt;
 use support::{broker, bus, unique_topic};
 
@@ -52,9 +52,12 @@ fn version_of(label: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of a_killed_member_hands_over_exactly_what_it_had_not_acknowledged"]
 async fn child_member() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).try_init();
     let spec = std::env::var(CHILD_SPEC).expect("run by the parent test with CR_KAFKA_CHILD set");
     let mut parts = spec.split(' ');
     let (brokers, topic, group, mode) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    // libtest has already printed `test child_member ... ` without a newline: start our lines afresh.
+    println!();
     let bus = bus(brokers).await;
     let mut s = bus.subscribe_with(&[topic], SubscribeOptions::group(group)).await.unwrap();
     let mut held = Vec::new();
@@ -84,12 +87,18 @@ fn spawn_member(brokers: &str, topic: &str, group: &str, mode: &str) -> (KillOnD
     (KillOnDrop(child), lines)
 }
 
+/// The next delivery within `wait`. Transient consumer errors are skipped: a member that was not
+/// polled for `max.poll.interval.ms` (the test sleeps) is told so once and rejoins on the next poll.
 async fn next(s: &mut EventStream, wait: Duration) -> Option<Delivery> {
-    match tokio::time::timeout(wait, s.next()).await {
-        Ok(Some(Ok(d))) => Some(d),
-        Ok(Some(Err(e))) => panic!("stream error: {e}"),
-        Ok(None) => panic!("stream ended"),
-        Err(_) => None,
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Ok(Some(Ok(d))) => return Some(d),
+            Ok(Some(Err(EventBusError::Unavailable { reason }))) => eprintln!("transient consumer error: {reason}"),
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => return None,
+        }
     }
 }
 
@@ -172,7 +181,7 @@ async fn a_killed_member_hands_over_exactly_what_it_had_not_acknowledged() {
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while !child_held.is_subset(&handed_over) {
-        assert!(Instant::now() < deadline, "never redelivered: {:?}", child_held.difference(&handed_over).collect::<Vec<_>>());
+        assert!(Instant::now() < deadline, "never redelivered: {:?} (topic {topic}, group {group})", child_held.difference(&handed_over).collect::<Vec<_>>());
         if let Some(d) = next(&mut member, Duration::from_millis(300)).await {
             note(label(&d), &mut handed_over);
             d.ack().await.unwrap();

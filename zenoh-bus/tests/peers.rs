@@ -55,6 +55,8 @@ async fn child_subscriber() {
     let spec = std::env::var(CHILD_SPEC).expect("run by the parent test with CR_ZENOH_CHILD set");
     let mut parts = spec.split(' ');
     let (connect, key_expr, expected) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap().parse::<usize>().unwrap());
+    // libtest has already printed `test child_subscriber ... ` without a newline: start our lines afresh.
+    println!();
     let bus = ZenohEventBus::open(ZenohConfig::peer().connect(connect)).await.unwrap();
     let mut s = bus.subscribe_with(&[key_expr], SubscribeOptions::exclusive()).await.unwrap();
     let mut real = 0;
