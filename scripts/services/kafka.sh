@@ -5,6 +5,7 @@
 # for the interop test) and `start DIR` (a free loopback port; prints the bootstrap address HOST:PORT
 # and writes the pid to DIR/pid). Sourced or run by scripts/test.sh.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
 
@@ -24,20 +25,12 @@ kafka_start() {
   local dir="$1" port
   mkdir -p "$dir"
   export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
     --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
   echo $! >"$dir/pid"
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "127.0.0.1:$port"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "tansu did not start; its log:" >&2
-  cat "$dir/tansu.log" >&2
-  return 1
+  wait_for_port tansu "$port" "$dir/tansu.log" || return 1
+  echo "127.0.0.1:$port"
 }
 
 kafka_stop() {

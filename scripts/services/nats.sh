@@ -3,6 +3,7 @@
 # interop test) and `start DIR` (JetStream on a free loopback port, storage in DIR; prints the URL and
 # writes the pid to DIR/pid). Sourced or run by scripts/test.sh.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
 
 nats_install() {
@@ -22,19 +23,11 @@ nats_install() {
 nats_start() {
   local dir="$1" port
   mkdir -p "$dir"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/store" >"$dir/nats.log" 2>&1 &
   echo $! >"$dir/pid"
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "nats://127.0.0.1:$port"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "nats-server did not start; its log:" >&2
-  cat "$dir/nats.log" >&2
-  return 1
+  wait_for_port nats-server "$port" "$dir/nats.log" || return 1
+  echo "nats://127.0.0.1:$port"
 }
 
 nats_stop() {

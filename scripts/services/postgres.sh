@@ -3,6 +3,7 @@
 # `start DIR` (initdb + pg_ctl into DIR, trust auth, loopback only, a free port; prints the URL).
 # The server runs as the `postgres` system user when started by root (initdb refuses root).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
 
 pg_bin() {
@@ -30,7 +31,7 @@ pg_start() {
   bin="$(pg_bin)"
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   pg_as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
   pg_as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w -t 60 \
     -o "-p $port -k $dir/data -c listen_addresses=127.0.0.1 -c max_connections=200" start >&2 || { cat "$dir/data/server.log" >&2; return 1; }
