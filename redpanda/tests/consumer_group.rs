@@ -179,6 +179,13 @@ async fn a_killed_member_hands_over_exactly_what_it_had_not_acknowledged() {
             assert!(handed_over.insert(l.clone()) || !child_held.contains(&l), "{l} handled twice after the restart");
         }
     };
+    let drain_restarted = |handed_over: &mut BTreeSet<String>| {
+        while let Ok(line) = restarted_lines.try_recv() {
+            if let Some(l) = line.strip_prefix("acked ") {
+                note(l.to_owned(), handed_over);
+            }
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
     while !child_held.is_subset(&handed_over) {
         assert!(Instant::now() < deadline, "never redelivered: {:?} (topic {topic}, group {group})", child_held.difference(&handed_over).collect::<Vec<_>>());
@@ -186,22 +193,14 @@ async fn a_killed_member_hands_over_exactly_what_it_had_not_acknowledged() {
             note(label(&d), &mut handed_over);
             d.ack().await.unwrap();
         }
-        while let Ok(line) = restarted_lines.try_recv() {
-            if let Some(l) = line.strip_prefix("acked ") {
-                note(l.to_owned(), &mut handed_over);
-            }
-        }
+        drain_restarted(&mut handed_over);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     while let Some(d) = next(&mut member, Duration::from_millis(500)).await {
         note(label(&d), &mut handed_over);
         d.ack().await.unwrap();
     }
-    while let Ok(line) = restarted_lines.try_recv() {
-        if let Some(l) = line.strip_prefix("acked ") {
-            note(l.to_owned(), &mut handed_over);
-        }
-    }
+    drain_restarted(&mut handed_over);
     assert_eq!(handed_over, child_held, "exactly the unacknowledged messages come again: none lost, no acknowledged one repeated");
     let union: BTreeSet<String> = ours.union(&child_acked).chain(&handed_over).cloned().collect();
     assert_eq!(union, all, "every message was handled by one member");
