@@ -1,6 +1,8 @@
 //! Append throughput of `PostgresEventStore` against `pgbench` inserting one row per transaction on
 //! the same server, in the same run. Uses `DATABASE_URL`, or starts a throwaway PostgreSQL with
-//! `scripts/services/postgres.sh`. Each measurement runs for `CR_BENCH_SECS` seconds (default 5).
+//! `scripts/services/postgres.sh`. Each measurement runs for `CR_BENCH_SECS` seconds (default 5);
+//! `CR_BENCH_GROUP_STATEMENTS` overrides `PostgresConfig::group_statements_in_flight` for tuning.
+//! The 32-writer line is measured with group commit on (the default) and off.
 //!
 //! Run: `cargo bench -p composable-rust-postgres`.
 
@@ -82,7 +84,12 @@ fn main() {
     rt.block_on(async {
         let mut config = PostgresConfig::new(&url);
         config.max_connections = 40;
-        let store = Arc::new(PostgresEventStore::connect_with(config).await.expect("connect"));
+        if let Some(n) = std::env::var("CR_BENCH_GROUP_STATEMENTS").ok().and_then(|v| v.parse().ok()) {
+            config.group_statements_in_flight = n;
+        }
+        let store = Arc::new(PostgresEventStore::connect_with(config.clone()).await.expect("connect"));
+        config.max_appends_per_statement = 1;
+        let store_alone = Arc::new(PostgresEventStore::connect_with(config).await.expect("connect"));
         store.migrate().await.expect("migrate");
         sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, payload BYTEA NOT NULL)")
             .execute(store.pool())
@@ -95,7 +102,14 @@ fn main() {
         println!("1 writer,  1 event/append:  composable-rust {ours1:>9.0} events/s | pgbench 1 client  {pg1:>9.0} tps | ratio {:.2}", ours1 / pg1);
         let pg32 = pgbench(&url, 32);
         let ours32 = ours(&store, 32, 1).await;
+        let stats = store.group_commit_stats();
+        let alone32 = ours(&store_alone, 32, 1).await;
         println!("32 writers, 1 event/append: composable-rust {ours32:>9.0} events/s | pgbench 32 clients {pg32:>9.0} tps | ratio {:.2}", ours32 / pg32);
+        println!(
+            "  (group commit: {:.1} appends per statement; with it off: {alone32:.0} events/s, ratio {:.2})",
+            stats.grouped_appends as f64 / stats.group_statements.max(1) as f64,
+            alone32 / pg32
+        );
         let batch1 = ours(&store, 1, 100).await;
         println!("1 writer,  100 events/append: composable-rust {batch1:>9.0} events/s");
         let batch8 = ours(&store, 8, 100).await;

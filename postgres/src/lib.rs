@@ -28,6 +28,8 @@
 
 #[cfg(feature = "testcontainers")]
 pub mod containers;
+mod group_commit;
 mod store;
 
+pub use group_commit::GroupCommitStats;
 pub use store::{APPEND_LOCK_KEY, PostgresConfig, PostgresError, PostgresEventStore};

@@ -1,6 +1,7 @@
 //! The PostgreSQL implementation.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +17,8 @@ use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::group_commit::{GroupCommit, GroupCommitStats, MAX_GROUP_EVENTS, Outcome};
+
 /// The advisory lock appends hold shared and `read_all` takes exclusive (see the crate docs).
 pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
 
@@ -30,12 +33,26 @@ pub struct PostgresConfig {
     pub acquire_timeout: Duration,
     /// `statement_timeout` of every connection.
     pub statement_timeout: Duration,
+    /// Group commit: at most this many concurrent appends (to distinct streams) are written by one
+    /// statement. `1` writes every append on its own. See the crate docs.
+    pub max_appends_per_statement: usize,
+    /// Group commit: how many group statements run at once; appends arriving meanwhile wait and
+    /// form the next groups.
+    pub group_statements_in_flight: usize,
 }
 
 impl PostgresConfig {
-    /// Defaults for `url`: 16 connections, 5 s acquire timeout, 10 s statement timeout.
+    /// Defaults for `url`: 16 connections, 5 s acquire timeout, 10 s statement timeout, groups of up
+    /// to 64 appends with 4 group statements in flight.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), max_connections: 16, acquire_timeout: Duration::from_secs(5), statement_timeout: Duration::from_secs(10) }
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+            max_appends_per_statement: 64,
+            group_statements_in_flight: 4,
+        }
     }
 }
 
@@ -70,6 +87,7 @@ pub enum PostgresError {
 #[derive(Debug, Clone)]
 pub struct PostgresEventStore {
     pool: PgPool,
+    group_commit: Option<Arc<GroupCommit>>,
 }
 
 fn map_err(e: &sqlx::Error) -> EventStoreError {
@@ -102,12 +120,12 @@ fn corrupt(what: &str, reason: impl std::fmt::Display) -> EventStoreError {
 }
 
 #[allow(clippy::cast_possible_wrap)] // versions and positions stay far below i64::MAX
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     v as i64
 }
 
 #[allow(clippy::cast_sign_loss)] // stored versions and positions are never negative (CHECK constraints)
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     v.max(0) as u64
 }
 
@@ -168,12 +186,19 @@ impl PostgresEventStore {
             .connect_with(options)
             .await
             .map_err(|e| PostgresError::Unreachable { host, port, reason: e.to_string() })?;
-        Ok(Self { pool })
+        let group_commit = (config.max_appends_per_statement > 1)
+            .then(|| Arc::new(GroupCommit::start(pool.clone(), config.max_appends_per_statement, config.group_statements_in_flight)));
+        Ok(Self { pool, group_commit })
     }
 
     /// Creates or upgrades the schema (embedded migrations; safe to call on every start).
     pub async fn migrate(&self) -> Result<(), PostgresError> {
         sqlx::migrate!("./migrations").run(&self.pool).await.map_err(|e| PostgresError::Migrate { reason: e.to_string() })
+    }
+
+    /// What group commit has combined so far (all zero when it is off).
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.group_commit.as_ref().map(|g| g.stats()).unwrap_or_default()
     }
 
     /// The pool, for tests and tools.
@@ -268,8 +293,7 @@ impl PostgresEventStore {
         let new_version: Option<i64> = row.try_get("new_version").map_err(|e| map_err(&e))?;
         let first_position: Option<i64> = row.try_get("first_position").map_err(|e| map_err(&e))?;
         let (Some(new_version), Some(first_position)) = (new_version, first_position) else {
-            let actual = self.stream_version(&request.stream_id).await?;
-            return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual });
+            return Err(self.conflict(request).await);
         };
         let before = Version(to_u64(new_version - n));
         Ok(AppendResult {
@@ -278,6 +302,27 @@ impl PostgresEventStore {
             first_position: GlobalPosition(to_u64(first_position)),
             duplicate: false,
         })
+    }
+
+    /// The `ConcurrencyConflict` for `request`, with the stream's version as it is now.
+    async fn conflict(&self, request: &AppendRequest) -> EventStoreError {
+        match self.stream_version(&request.stream_id).await {
+            Ok(actual) => EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual },
+            Err(e) => e,
+        }
+    }
+
+    /// The append through the group writer when there is one, else on its own.
+    async fn append_grouped_or_alone(&self, request: &Arc<AppendRequest>) -> Result<AppendResult, EventStoreError> {
+        let outcome = match &self.group_commit {
+            Some(group) if request.events.len() <= MAX_GROUP_EVENTS => group.append(Arc::clone(request)).await,
+            _ => Outcome::RunAlone(None),
+        };
+        match outcome {
+            Outcome::Appended(result) => Ok(result),
+            Outcome::VersionMismatch => Err(self.conflict(request).await),
+            Outcome::RunAlone(_slot) => self.try_append(request).await,
+        }
     }
 
     /// The highest position below which no append is still in flight (see the crate docs).
@@ -296,7 +341,8 @@ impl EventStore for PostgresEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         request.validate()?;
         let span = tracing::debug_span!("append", store = "postgres", stream = %request.stream_id, events = request.events.len());
-        match self.try_append(&request).instrument(span).await {
+        let request = Arc::new(request);
+        match self.append_grouped_or_alone(&request).instrument(span).await {
             // An identical retry (or one that raced with us) is success, not a conflict.
             Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. } | EventStoreError::AlreadyProcessed { .. })) => {
                 let mut conn = self.pool.acquire().await.map_err(|e| map_err(&e))?;
