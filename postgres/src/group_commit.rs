@@ -2,9 +2,13 @@
 //! statement (one round trip, one transaction, one WAL flush) instead of one statement each.
 //!
 //! Why: with many concurrent writers PostgreSQL spends most of each single-event append on the
-//! per-statement work (planning the CTE, the transaction, the commit), not on the rows. A background
-//! task takes whatever appends are queued when a statement slot frees up, at most one per stream,
-//! and writes them together; each append keeps its own expected-version check and result.
+//! per-statement work and above all on the commit's WAL flush, not on the rows. A background task
+//! takes whatever appends are queued when a statement slot frees up, at most one per stream, and
+//! writes them together; each append keeps its own expected-version check and result. With nothing
+//! in flight a group (even of one) goes at once; while statements are in flight, a new one waits
+//! until it carries as many appends as the smallest of them, so statements stay large under load
+//! (measured: with 32 writers, 2 slots and this rule about 23 K appends/s; starting every group at
+//! once, 17 K; appends alone, 8 K).
 //!
 //! An append alone in its group, or any group whose statement fails as a whole (a reused event id,
 //! an inbox mark already present, a deadlock with another process, the server gone), is answered
@@ -13,12 +17,12 @@
 //! statement is all or nothing, so running an append alone afterwards never writes it twice.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use composable_rust_core::{AppendRequest, AppendResult, ExpectedVersion, GlobalPosition, Version};
 use sqlx::{PgPool, Row};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::store::{APPEND_LOCK_KEY, to_i64, to_u64};
@@ -36,7 +40,46 @@ pub(crate) enum Outcome {
     /// Not written: run the append on its own (see the module docs). When the append was alone in
     /// its group, this carries the group's statement slot: hold it while running the append, so
     /// that appends arriving meanwhile queue up and form the next group.
-    RunAlone(Option<OwnedSemaphorePermit>),
+    RunAlone(Option<Slot>),
+}
+
+/// The statements being written (how many appends each carries), and a signal when one ends.
+#[derive(Debug, Default)]
+struct InFlight {
+    sizes: Mutex<Vec<(u64, usize)>>,
+    freed: Notify,
+}
+
+impl InFlight {
+    fn sizes(&self) -> std::sync::MutexGuard<'_, Vec<(u64, usize)>> {
+        self.sizes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn smallest(&self) -> Option<usize> {
+        self.sizes().iter().map(|(_, size)| *size).min()
+    }
+}
+
+/// A statement slot, held while its statement runs; giving it back tells the writer, which may
+/// be waiting to grow a group.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    id: u64,
+    in_flight: Arc<InFlight>,
+}
+
+impl Slot {
+    fn start(&self, appends: usize) {
+        self.in_flight.sizes().push((self.id, appends));
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_flight.sizes().retain(|(id, _)| *id != self.id);
+        self.in_flight.freed.notify_one();
+    }
 }
 
 struct Job {
@@ -100,29 +143,57 @@ impl GroupCommit {
 
 async fn write_groups(pool: PgPool, mut jobs: mpsc::UnboundedReceiver<Job>, max_appends: usize, statements_in_flight: usize, counters: Arc<Counters>) {
     let slots = Arc::new(Semaphore::new(statements_in_flight));
+    let in_flight = Arc::new(InFlight::default());
+    let mut next_id = 0_u64;
     // Appends to a stream already in the group being formed wait for the next group, in order.
     let mut held: VecDeque<Job> = VecDeque::new();
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
-        let first = match held.pop_front() {
-            Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
-            },
+    let mut open = true;
+    while open || !held.is_empty() {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+        next_id += 1;
+        let slot = Slot { _permit: permit, id: next_id, in_flight: Arc::clone(&in_flight) };
+        let first = if let Some(job) = held.pop_front() {
+            job
+        } else if let Some(job) = jobs.recv().await {
+            job
+        } else {
+            open = false;
+            continue;
         };
         let mut group = Group::default();
         let mut later = VecDeque::new();
         for job in std::iter::once(first).chain(held.drain(..)) {
             group.offer(job, max_appends, &mut later);
         }
-        while group.jobs.len() < max_appends {
-            match jobs.try_recv() {
-                Ok(job) => group.offer(job, max_appends, &mut later),
-                Err(_) => break,
+        loop {
+            while group.jobs.len() < max_appends {
+                match jobs.try_recv() {
+                    Ok(job) => group.offer(job, max_appends, &mut later),
+                    Err(_) => break,
+                }
+            }
+            // When nothing else is being written, the group goes at once (a lone append has the
+            // lowest latency). While statements are in flight, a new one starts only once it carries
+            // at least as many appends as the smallest of them (and two): otherwise it waits for
+            // more appends or for a statement to end. Under load the statements then stay large and
+            // share the server's WAL flushes instead of each paying for one.
+            let enough = match in_flight.smallest() {
+                None => true,
+                Some(smallest) => group.jobs.len() >= smallest.max(2).min(max_appends),
+            };
+            if enough || !open {
+                break;
+            }
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => group.offer(job, max_appends, &mut later),
+                    None => open = false,
+                },
+                () = in_flight.freed.notified() => {}
             }
         }
         held = later;
+        slot.start(group.jobs.len());
         if group.jobs.len() < 2 {
             // Nothing to combine: the caller's own statement is the shortest path, in this slot.
             if let Some(job) = group.jobs.pop() {
@@ -182,13 +253,15 @@ impl Group {
     }
 }
 
-/// The group statement: existing stream rows are locked first in stream-id order (so two groups
-/// never wait on each other's rows in a cycle), then each append claims its versions by its own
-/// rule, and only the claimed appends insert events, inbox marks and outbox intents.
+/// The group statement: the stream rows that appends expecting an existing stream (or any) will
+/// update are locked first, in stream-id order, so two groups never wait on each other's rows in a
+/// cycle (`NoStream` appends only insert, and `ON CONFLICT DO NOTHING` locks nothing); then each
+/// append claims its versions by its own rule, and only the claimed appends insert events, inbox
+/// marks and outbox intents.
 const GROUP_SQL: &str = "\
 WITH gate AS ( \
   SELECT pg_advisory_xact_lock_shared($1) AS shared, \
-         (SELECT count(*) FROM (SELECT 1 FROM composable_rust.streams WHERE stream_id = ANY($2::text[]) ORDER BY stream_id FOR UPDATE) l) AS locked), \
+         (SELECT count(*) FROM (SELECT 1 FROM composable_rust.streams WHERE stream_id = ANY($17::text[]) ORDER BY stream_id FOR UPDATE) l) AS locked), \
 a AS (SELECT * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::text[]) WITH ORDINALITY AS a(stream, n, kind, expected, consumer, marked, idx)), \
 claim_any AS ( \
   INSERT INTO composable_rust.streams (stream_id, version) SELECT a.stream, a.n FROM a, gate WHERE a.kind = 'any' ORDER BY a.stream \
@@ -230,6 +303,7 @@ async fn write_group(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<AppendRes
             ExpectedVersion::Exact(v) => ("exact", to_i64(v.0)),
         })
         .unzip();
+    let updated: Vec<&str> = streams.iter().zip(&kinds).filter(|(_, kind)| **kind != "new").map(|(s, _)| *s).collect();
     let consumers: Vec<Option<&str>> = requests.iter().map(|r| r.inbox.as_ref().map(|m| m.consumer.as_str())).collect();
     let marked: Vec<Option<String>> = requests.iter().map(|r| r.inbox.as_ref().map(|m| m.event_id.to_string())).collect();
 
@@ -271,6 +345,7 @@ async fn write_group(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<AppendRes
         .bind(&metadata)
         .bind(&outbox_ids)
         .bind(&topics)
+        .bind(&updated)
         .fetch_all(pool)
         .await?;
     let mut results = vec![None; jobs.len()];

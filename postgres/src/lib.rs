@@ -8,6 +8,13 @@
 //!   claims the versions on the stream's row (a mismatch inserts nothing and is reported as
 //!   `ConcurrencyConflict` with the actual version), inserts all events with one
 //!   `INSERT ... SELECT FROM UNNEST`, and the outbox intents with them;
+//! - **group commit**: appends that arrive while earlier ones are being written (to different
+//!   streams, up to [`PostgresConfig::max_appends_per_statement`]) share one such statement, with
+//!   [`PostgresConfig::group_statements_in_flight`] statements at a time. Each append in a group keeps
+//!   its own expected-version check and result; a group that fails as a whole (a reused event id, an
+//!   inbox mark already present, a deadlock) writes nothing and its appends run alone, each getting
+//!   its own precise outcome. A lone append never waits for a group to form.
+//!   [`PostgresEventStore::group_commit_stats`] shows how much was combined;
 //! - event ids are unique: an identical retry is an idempotent success (`duplicate: true`), a reused
 //!   id with other content is refused;
 //! - **gap-free global reads.** Global positions come from an identity sequence, so a transaction can

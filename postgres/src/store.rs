@@ -43,7 +43,7 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     /// Defaults for `url`: 16 connections, 5 s acquire timeout, 10 s statement timeout, groups of up
-    /// to 64 appends with 4 group statements in flight.
+    /// to 64 appends with 2 group statements in flight.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -51,7 +51,7 @@ impl PostgresConfig {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
             max_appends_per_statement: 64,
-            group_statements_in_flight: 4,
+            group_statements_in_flight: 2,
         }
     }
 }
