@@ -10,7 +10,7 @@ use composable_rust_core::{
     AppendRequest, AppendResult, Effect, EventBus, EventBusError, EventStore, EventStoreError, EventStoreOperation, EventStream, ExpectedVersion,
     GlobalPosition, PendingPublication, RecordedEvent, Reducer, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version, smallvec,
 };
-use composable_rust_runtime::outbox::relay_pending;
+use composable_rust_runtime::outbox::{relay_pending, relay_settled};
 use composable_rust_runtime::{DeadLetterSink, Executor, InMemoryDeadLetters, RetryPolicy, Store, StoreError};
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 use futures::StreamExt;
@@ -169,6 +169,33 @@ async fn a_failed_publish_stays_in_the_outbox_and_the_relay_publishes_it() {
     assert_eq!(store.pending_outbox_len(), 0);
     let delivery = subscriber.next().await.unwrap().unwrap();
     assert_eq!(delivery.event().stream_version, Some(Version(1)));
+}
+
+#[tokio::test]
+async fn the_periodic_relay_leaves_entries_younger_than_its_minimum_age() {
+    let store = InMemoryEventStore::new();
+    let bus = InMemoryEventBus::new();
+    let mut subscriber = bus.subscribe_with(&["order.events"], SubscribeOptions::exclusive()).await.unwrap();
+    let topic = Topic::new("order.events").unwrap();
+    let request = |label: &str, age: chrono::Duration| {
+        let mut event = SerializedEvent::new("OrderPlaced.v1", label.as_bytes().to_vec(), None);
+        event.metadata.timestamp = chrono::Utc::now() - age;
+        let mut request = AppendRequest::new(StreamId::new(label).unwrap(), ExpectedVersion::NoStream, vec![event]);
+        request.outbox.push(composable_rust_core::OutboxIntent { topic: topic.clone(), event_id: request.events[0].event_id });
+        request
+    };
+    let (old, young) = (request("old", chrono::Duration::minutes(10)), request("young", chrono::Duration::zero()));
+    store.append(old).await.unwrap();
+    store.append(young).await.unwrap();
+
+    let report = relay_settled(&store, &bus, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!((report.published, report.deferred), (1, true), "the old entry goes, the young one waits");
+    assert_eq!(store.pending_outbox_len(), 1);
+    assert_eq!(&subscriber.next().await.unwrap().unwrap().event().data[..], b"old");
+
+    let report = relay_pending(&store, &bus, 10).await.unwrap();
+    assert_eq!((report.published, report.deferred), (1, false), "without a minimum age everything goes");
+    assert_eq!(&subscriber.next().await.unwrap().unwrap().event().data[..], b"young");
 }
 
 /// A store whose first `fail_first` appends are `Unavailable`, and which counts appends.

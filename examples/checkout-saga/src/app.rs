@@ -444,8 +444,9 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     let head_before = head_position(&*w.dyn_store).await.map_err(|e| AppError::Store(e.to_string()))?;
     let started = Instant::now();
 
-    // A durable store may hold publishes a crashed run never made: the relay publishes them now and
-    // then every few seconds (at-least-once; the saga recognises what it has seen).
+    // A durable store may hold publishes a crashed run never made: the relay publishes those older
+    // than its interval now and checks again every few seconds (at-least-once; the saga recognises
+    // what it has seen).
     let relay = (config.store != StoreChoice::Memory).then(|| spawn_relay(Arc::clone(&w.dyn_store), Arc::clone(&w.dyn_bus), Duration::from_secs(5)));
 
     // Watch order outcomes from the bus to know when every checkout is done.
