@@ -213,11 +213,11 @@ async fn two_stores_hammering_the_same_streams_lose_nothing_and_double_nothing()
     }
     let mut labels_seen = Vec::new();
     for s in &streams {
-        let stored = store_events(&stores[0], s).await;
-        let versions: Vec<u64> = stored.iter().map(|e| e.stream_version.unwrap().0).collect();
-        assert_eq!(versions, (1..=stored.len() as u64).collect::<Vec<_>>(), "{s}: versions without gap or duplicate");
-        assert_eq!(stores[1].stream_version(s).await.unwrap(), Version(stored.len() as u64));
-        labels_seen.extend(labels(&stored));
+        let events = store_events(&stores[0], s).await;
+        let versions: Vec<u64> = events.iter().map(|e| e.stream_version.unwrap().0).collect();
+        assert_eq!(versions, (1..=events.len() as u64).collect::<Vec<_>>(), "{s}: versions without gap or duplicate");
+        assert_eq!(stores[1].stream_version(s).await.unwrap(), Version(events.len() as u64));
+        labels_seen.extend(labels(&events));
     }
     labels_seen.sort();
     let mut expected: Vec<String> = (0..16).flat_map(|t| (0..60).map(move |i| format!("{t}/{i}"))).collect();
