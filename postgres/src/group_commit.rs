@@ -25,7 +25,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::store::{APPEND_LOCK_KEY, to_i64, to_u64};
+use crate::store::{APPEND_LOCK_KEY, EventColumns, to_i64, to_u64};
 
 /// Appends with more events than this are written on their own: they already amortise a statement.
 pub(crate) const MAX_GROUP_EVENTS: usize = 1024;
@@ -309,21 +309,11 @@ async fn write_group(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<AppendRes
 
     let mut owners = Vec::new();
     let mut ordinals = Vec::new();
-    let mut ids = Vec::new();
-    let mut types = Vec::new();
-    let mut schema_versions = Vec::new();
-    let mut payloads = Vec::new();
-    let mut metadata = Vec::new();
+    let mut columns = EventColumns::default();
     for (index, request) in (1_i64..).zip(&requests) {
-        for (ordinal, event) in (1_i64..).zip(&request.events) {
-            owners.push(index);
-            ordinals.push(ordinal);
-            ids.push(event.event_id.to_string());
-            types.push(event.event_type.as_str());
-            schema_versions.push(event.schema_version().and_then(|v| i32::try_from(v).ok()));
-            payloads.push(&event.data[..]);
-            metadata.push(serde_json::to_string(&event.metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-        }
+        owners.extend(std::iter::repeat_n(index, request.events.len()));
+        ordinals.extend((1_i64..).take(request.events.len()));
+        columns.push_all(&request.events).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     }
     let outbox_ids: Vec<String> = requests.iter().flat_map(|r| r.outbox.iter().map(|o| o.event_id.to_string())).collect();
     let topics: Vec<&str> = requests.iter().flat_map(|r| r.outbox.iter().map(|o| o.topic.as_str())).collect();
@@ -338,11 +328,11 @@ async fn write_group(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Option<AppendRes
         .bind(&marked)
         .bind(&owners)
         .bind(&ordinals)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.payloads)
+        .bind(&columns.metadata)
         .bind(&outbox_ids)
         .bind(&topics)
         .bind(&updated)

@@ -131,6 +131,31 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 
 const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id::text AS event_id, event_type, payload, metadata::text AS metadata";
 
+/// The columns of events to insert, as parallel arrays for `UNNEST`.
+#[derive(Debug, Default)]
+pub(crate) struct EventColumns<'a> {
+    pub(crate) ids: Vec<String>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) schema_versions: Vec<Option<i32>>,
+    pub(crate) payloads: Vec<&'a [u8]>,
+    pub(crate) metadata: Vec<String>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub(crate) fn push_all(&mut self, events: &'a [SerializedEvent]) -> Result<(), EventStoreError> {
+        for e in events {
+            let metadata =
+                serde_json::to_string(&e.metadata).map_err(|err| EventStoreError::InvalidRequest { reason: format!("metadata of {}: {err}", e.event_id) })?;
+            self.ids.push(e.event_id.to_string());
+            self.types.push(e.event_type.as_str());
+            self.schema_versions.push(e.schema_version().and_then(|v| i32::try_from(v).ok()));
+            self.payloads.push(&e.data[..]);
+            self.metadata.push(metadata);
+        }
+        Ok(())
+    }
+}
+
 /// [`EVENT_COLUMNS`] qualified by a table alias, for joins.
 fn event_columns_of(alias: &str) -> String {
     format!(
@@ -258,26 +283,19 @@ impl PostgresEventStore {
                ON CONFLICT (event_id, topic) DO NOTHING) \
              SELECT (SELECT version FROM claim) AS new_version, (SELECT min(global_position) FROM ins) AS first_position"
         );
-        let ids: Vec<String> = request.events.iter().map(|e| e.event_id.to_string()).collect();
-        let types: Vec<&str> = request.events.iter().map(|e| e.event_type.as_str()).collect();
-        let schema_versions: Vec<Option<i32>> = request.events.iter().map(|e| e.schema_version().and_then(|v| i32::try_from(v).ok())).collect();
-        let payloads: Vec<&[u8]> = request.events.iter().map(|e| &e.data[..]).collect();
-        let metadata: Vec<String> = request
-            .events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata).map_err(|err| EventStoreError::InvalidRequest { reason: format!("metadata of {}: {err}", e.event_id) }))
-            .collect::<Result<_, _>>()?;
+        let mut columns = EventColumns::default();
+        columns.push_all(&request.events)?;
         let outbox_ids: Vec<String> = request.outbox.iter().map(|o| o.event_id.to_string()).collect();
         let topics: Vec<&str> = request.outbox.iter().map(|o| o.topic.as_str()).collect();
         let row = sqlx::query(&sql)
             .bind(APPEND_LOCK_KEY)
             .bind(request.stream_id.as_str())
             .bind(n)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&payloads)
-            .bind(&metadata)
+            .bind(&columns.ids)
+            .bind(&columns.types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
             .bind(&outbox_ids)
             .bind(&topics)
             .bind(expected)
