@@ -194,8 +194,18 @@ async fn kill_a_member_mid_handling(bus: &RedpandaEventBus, brokers: &str, topic
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ours.len() + child_acked.len() + child_held.len() < all.len() {
-        assert!(Instant::now() < deadline, "not everything arrived: ours {ours:?} child {child_acked:?} {child_held:?}");
+    // Until every message has reached a member. A partition can move during this phase (a member
+    // that was slow to poll rejoins), so a message may reach both: compare sets, not counts.
+    let covered =
+        |ours: &BTreeSet<String>, acked: &BTreeSet<String>, held: &BTreeSet<String>| ours.iter().chain(acked).chain(held).collect::<BTreeSet<_>>().len();
+    // Once they have, two more seconds let the child's acknowledged offsets be committed (and its
+    // last lines arrive); then it is killed mid-handling.
+    let mut settled_by = None;
+    while settled_by.is_none_or(|t| Instant::now() < t) {
+        if settled_by.is_none() && covered(&ours, &child_acked, &child_held) == all.len() {
+            settled_by = Some(Instant::now() + Duration::from_secs(2));
+        }
+        assert!(settled_by.is_some() || Instant::now() < deadline, "not everything arrived: ours {ours:?} child {child_acked:?} {child_held:?}");
         if let Some(d) = next(&mut member, Duration::from_millis(200)).await {
             if version_of(&label(&d)) > 0 {
                 ours.insert(label(&d));
@@ -205,8 +215,6 @@ async fn kill_a_member_mid_handling(bus: &RedpandaEventBus, brokers: &str, topic
         drain_child(&mut child_acked, &mut child_held);
     }
     assert!(!child_held.is_empty() && !ours.is_empty(), "both members must have had partitions");
-    // Let the child's acknowledged offsets be committed, then kill it mid-handling.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     drop(child.take());
     let (_restarted, restarted_lines) = if after == AfterKill::RestartMember {
         // Past the session timeout the broker has dropped the dead member; the restarted one then
