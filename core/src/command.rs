@@ -13,18 +13,29 @@ use uuid::Uuid;
 use crate::event_bus::EventBusError;
 use crate::event_store::EventStoreError;
 
-/// A command of any type, with its `Debug` rendering kept for logs and test failures.
+/// A command of any type, with its `Debug` rendering kept for logs and test failures. Two
+/// `AnyCommand`s are equal when they hold equal values of the same type.
 pub struct AnyCommand {
     value: Box<dyn Any + Send + Sync>,
     type_name: &'static str,
     debug: String,
+    eq: fn(&dyn Any, &dyn Any) -> bool,
+}
+
+fn eq_as<C: Any + PartialEq>(a: &dyn Any, b: &dyn Any) -> bool {
+    matches!((a.downcast_ref::<C>(), b.downcast_ref::<C>()), (Some(a), Some(b)) if a == b)
 }
 
 impl AnyCommand {
     /// Wraps a command.
-    pub fn new<C: Any + Send + Sync + fmt::Debug>(command: C) -> Self {
+    pub fn new<C: Any + Send + Sync + fmt::Debug + PartialEq>(command: C) -> Self {
         let debug = format!("{command:?}");
-        Self { value: Box::new(command), type_name: std::any::type_name::<C>(), debug }
+        Self { value: Box::new(command), type_name: std::any::type_name::<C>(), debug, eq: eq_as::<C> }
+    }
+
+    /// The [`TypeId`](std::any::TypeId) of the command (how runtimes route it to its handler).
+    pub fn command_type(&self) -> std::any::TypeId {
+        (*self.value).type_id()
     }
 
     /// The command as `C`, if it is one.
@@ -36,13 +47,19 @@ impl AnyCommand {
     pub fn downcast<C: Any>(self) -> Result<C, Self> {
         match self.value.downcast::<C>() {
             Ok(c) => Ok(*c),
-            Err(value) => Err(Self { value, type_name: self.type_name, debug: self.debug }),
+            Err(value) => Err(Self { value, type_name: self.type_name, debug: self.debug, eq: self.eq }),
         }
     }
 
     /// The Rust type name of the command.
     pub fn type_name(&self) -> &'static str {
         self.type_name
+    }
+}
+
+impl PartialEq for AnyCommand {
+    fn eq(&self, other: &Self) -> bool {
+        (self.eq)(&*self.value, &*other.value)
     }
 }
 
@@ -68,16 +85,75 @@ pub struct CommandEnvelope {
 
 /// What handling a command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CommandOutcome {
-    /// Handled now.
-    Handled,
+    /// Handled now. `position` is the global position of the last event it stored, if it stored
+    /// any (wait for a read model to reach it for read-your-writes).
+    Handled {
+        /// Global position of the last stored event.
+        position: Option<crate::stream::GlobalPosition>,
+    },
     /// The command id had been handled before; nothing was done again.
     Duplicate,
 }
 
+impl CommandOutcome {
+    /// `Handled` with no stored event.
+    pub const HANDLED: CommandOutcome = CommandOutcome::Handled { position: None };
+}
+
+/// A business rejection carried type-erased through [`DispatchError::Rejected`]; read it back with
+/// [`DispatchError::rejection`]. Equal when the messages are.
+#[derive(Clone)]
+pub struct Rejection(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for Rejection {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Rejection {}
+
 /// Why a command could not be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DispatchError {
+    /// The handler decided against the command (a business rule: overdraft, out of stock). Not
+    /// retryable; the typed error is in [`DispatchError::rejection`].
+    #[error("{target} rejected the command: {error}")]
+    Rejected {
+        /// The handler.
+        target: String,
+        /// The handler's own error.
+        error: Rejection,
+    },
+    /// No handler is registered for the command's type.
+    #[error("no handler is registered for commands of type {command_type}; register one with the runtime (CommandRouter::register)")]
+    NoHandler {
+        /// The command's type name.
+        command_type: &'static str,
+    },
+    /// The handler (or the code it ran) panicked.
+    #[error("{target} panicked while handling the command: {message}")]
+    Panicked {
+        /// The handler.
+        target: String,
+        /// The panic message.
+        message: String,
+    },
     /// The target handles another command type.
     #[error("{target} cannot handle a {got}: it expects {expected}")]
     WrongCommandType {
@@ -135,6 +211,14 @@ pub enum DispatchError {
 }
 
 impl DispatchError {
+    /// The handler's typed rejection, if this is one of type `E`.
+    pub fn rejection<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            DispatchError::Rejected { error, .. } => error.0.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
     /// Whether dispatching the same command again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -142,7 +226,11 @@ impl DispatchError {
             DispatchError::Bus { source, .. } => source.is_retryable(),
             DispatchError::TooManyConflicts { .. } => true,
             DispatchError::Failed { retryable, .. } => *retryable,
-            DispatchError::WrongCommandType { .. } | DispatchError::InvalidCommand { .. } => false,
+            DispatchError::WrongCommandType { .. }
+            | DispatchError::InvalidCommand { .. }
+            | DispatchError::Rejected { .. }
+            | DispatchError::NoHandler { .. }
+            | DispatchError::Panicked { .. } => false,
         }
     }
 }

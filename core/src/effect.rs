@@ -1,146 +1,290 @@
-//! [`Effect`]: a description of I/O returned by a reducer. Reducers never perform I/O; the runtime
-//! executes the returned effects **in the order returned**, and stops a sequence at the first store,
-//! bus or dispatch failure (so a `PublishEvent` after a failed `AppendEvents` never goes out; the
-//! append's `on_error` action is fed back instead). [`Effect::Parallel`] is the explicit way to run
-//! effects concurrently.
+//! [`Effect`]: a description of I/O returned by a reducer, as plain data.
 //!
-//! Effects are plain data apart from their callbacks, so tests inspect them without I/O with the
-//! helpers in [`crate::inspect`].
+//! Effects name *what* to do, never *with which handle*: the store, the bus and the command
+//! handlers belong to the runtime that executes them (`composable-rust-runtime`), so two effects
+//! compare with `==` (callbacks are compared by presence only) and print with `{:?}`.
+//!
+//! # Ordering
+//! The effects of one `reduce` call form a **sequence**: the runtime runs them one after the other,
+//! in the order returned, and stops at the first failed [`Effect::Append`], [`Effect::Publish`] or
+//! [`Effect::Dispatch`]: that effect's `on_error` action is fed back and the rest of the sequence is
+//! skipped. [`Effect::Sequential`] is a nested sequence with the same rule; [`Effect::Parallel`] runs
+//! each of its children as its own sequence, concurrently, and completes when all did.
+//!
+//! # The outbox rule
+//! An [`Append`] names the topics its events are published to ([`Append::publish_to`]). The events and
+//! their publish intents are stored in **one atomic write**; from then on every event is published to
+//! every named topic **at least once**, whatever happens next (a later effect failing, the process
+//! dying: the outbox relay publishes what is left). An append that failed publishes nothing. The rule
+//! is a property of the `Append` itself, so it holds the same at the top level and nested in
+//! `Parallel`, `Sequential` or `Cancellable`. [`Effect::Publish`] is for events that are *not*
+//! stored (notifications): it is retried, but lost if the process dies.
+//!
+//! # Identity
+//! Runtimes that handle an input with an id (a command, a delivered event) derive the id of every
+//! dispatched command, every appended event and every follow-up step from that id and the effect's
+//! **path** in the returned tree ([`EffectPath`]), never from timing or counters, so the same input
+//! handled again lands every effect once.
 
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::command::{AnyCommand, CommandHandler, DispatchError};
+use crate::command::{AnyCommand, DispatchError};
 use crate::event::SerializedEvent;
-use crate::event_bus::{EventBus, EventBusError};
-use crate::event_store::{AppendResult, EventStore, EventStoreError, Snapshot};
-use crate::stream::{ExpectedVersion, StreamId, Version};
+use crate::event_bus::EventBusError;
+use crate::event_store::{AppendResult, EventStoreError};
+use crate::stream::{ExpectedVersion, StreamId};
+use crate::topic::Topic;
 
 /// A one-shot function turning an effect's result into an action fed back to the reducer.
 pub type Callback<T, A> = Box<dyn FnOnce(T) -> A + Send>;
 
-/// Identifies cancellable effects (e.g. `"search-debounce"`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EffectId(pub String);
+/// Identifies cancellable effects. Any `Hash + Eq + Debug` value converts into one
+/// (`"search"`, `(Timer::Payment, order_id)`, an enum), so ids are typed at the call site.
+///
+/// Ids are **scoped**: a saga runner scopes them to the instance, `ForEach` to the key, so
+/// `cancel("timeout")` in one instance never touches another's.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EffectId(Arc<str>);
 
-impl<S: Into<String>> From<S> for EffectId {
-    fn from(value: S) -> Self {
+impl EffectId {
+    /// An id from any hashable value, rendered with its type name so that `1u32` and `1u64` differ.
+    pub fn of<T: Hash + Eq + fmt::Debug + 'static>(value: &T) -> Self {
+        EffectId(format!("{}:{value:?}", std::any::type_name::<T>()).into())
+    }
+
+    /// This id inside `scope` (a saga instance, a `ForEach` key): ids of different scopes never match.
+    #[must_use]
+    pub fn scoped(&self, scope: &str) -> Self {
+        EffectId(format!("{scope}/{}", self.0).into())
+    }
+
+    /// The id as text (for logs).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EffectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EffectId({})", self.0)
+    }
+}
+
+impl From<&str> for EffectId {
+    fn from(value: &str) -> Self {
         EffectId(value.into())
     }
 }
 
-/// Event store operations a reducer can request.
-pub enum EventStoreOperation<A> {
-    /// Appends events to a stream, checking the expected version.
-    AppendEvents {
-        /// The store.
-        event_store: Arc<dyn EventStore>,
-        /// Target stream.
-        stream_id: StreamId,
-        /// Optimistic concurrency check.
-        expected_version: ExpectedVersion,
-        /// Events, in order.
-        events: Vec<SerializedEvent>,
-        /// Action to feed back once stored.
-        on_success: Option<Callback<AppendResult, A>>,
-        /// Action to feed back if the append failed (the rest of the sequence is skipped).
-        on_error: Option<Callback<EventStoreError, A>>,
-    },
-    /// Loads a stream's events from a version.
-    LoadEvents {
-        /// The store.
-        event_store: Arc<dyn EventStore>,
-        /// The stream.
-        stream_id: StreamId,
-        /// First version to read.
-        from_version: Version,
-        /// Action built from the events.
-        on_success: Callback<Vec<SerializedEvent>, A>,
-        /// Action if loading failed.
-        on_error: Option<Callback<EventStoreError, A>>,
-    },
-    /// Saves a snapshot.
-    SaveSnapshot {
-        /// The store.
-        event_store: Arc<dyn EventStore>,
-        /// The snapshot.
-        snapshot: Snapshot,
-        /// Action if saving failed.
-        on_error: Option<Callback<EventStoreError, A>>,
-    },
-    /// Loads the latest snapshot of a stream.
-    LoadSnapshot {
-        /// The store.
-        event_store: Arc<dyn EventStore>,
-        /// The stream.
-        stream_id: StreamId,
-        /// Action built from the snapshot (if any).
-        on_success: Callback<Option<Snapshot>, A>,
-        /// Action if loading failed.
-        on_error: Option<Callback<EventStoreError, A>>,
-    },
+impl From<String> for EffectId {
+    fn from(value: String) -> Self {
+        EffectId(value.into())
+    }
 }
 
-/// A description of work for the runtime. See the module docs for ordering.
+/// What starting a cancellable effect does to running effects with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CancelInFlight {
+    /// Leave them running (both run).
+    #[default]
+    Keep,
+    /// Cancel them first (debounce, "latest wins").
+    Cancel,
+}
+
+/// The position of an effect in the tree one `reduce` returned: top-level index, then the index
+/// inside each enclosing `Parallel` / `Sequential` (a `Cancellable` adds `0`). Ids derived from it
+/// do not depend on which effect finished first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EffectPath(Vec<u32>);
+
+impl EffectPath {
+    /// The root (the whole returned sequence).
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// The path of child `index`.
+    #[must_use]
+    pub fn child(&self, index: usize) -> Self {
+        let mut v = self.0.clone();
+        v.push(u32::try_from(index).unwrap_or(u32::MAX));
+        EffectPath(v)
+    }
+
+    /// The indices, outermost first.
+    pub fn indices(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// Bytes that identify the path (for UUID v5 derivation).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|i| i.to_be_bytes()).collect()
+    }
+}
+
+impl fmt::Display for EffectPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("/")?;
+        for (k, i) in self.0.iter().enumerate() {
+            if k > 0 {
+                f.write_str("/")?;
+            }
+            write!(f, "{i}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends events to a stream and (atomically, through the outbox) publishes them. See the
+/// module docs for the outbox rule.
+pub struct Append<A> {
+    /// Target stream.
+    pub stream_id: StreamId,
+    /// Optimistic concurrency check.
+    pub expected_version: ExpectedVersion,
+    /// Events, in order.
+    pub events: Vec<SerializedEvent>,
+    /// Topics every event of the append is published to, in this order.
+    pub publish_to: Vec<Topic>,
+    /// Action fed back once stored.
+    pub on_success: Option<Callback<AppendResult, A>>,
+    /// Action fed back if the append failed (the rest of the sequence is skipped).
+    pub on_error: Option<Callback<EventStoreError, A>>,
+}
+
+impl<A> Append<A> {
+    /// An append of `events` to `stream_id`, published nowhere yet.
+    pub fn new(stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Self {
+        Self { stream_id, expected_version, events, publish_to: Vec::new(), on_success: None, on_error: None }
+    }
+
+    /// Also publishes every event of the append to `topic` (stored in the same write).
+    #[must_use]
+    pub fn publish_to(mut self, topic: Topic) -> Self {
+        self.publish_to.push(topic);
+        self
+    }
+
+    /// Feeds `f(result)` back once stored.
+    #[must_use]
+    pub fn on_success(mut self, f: impl FnOnce(AppendResult) -> A + Send + 'static) -> Self {
+        self.on_success = Some(Box::new(f));
+        self
+    }
+
+    /// Feeds `f(error)` back if the append failed.
+    #[must_use]
+    pub fn on_error(mut self, f: impl FnOnce(EventStoreError) -> A + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+}
+
+/// Publishes an event that is **not** stored (a notification): retried on retryable errors, but
+/// lost if the process dies. Stored events are published with [`Append::publish_to`].
+pub struct Publish<A> {
+    /// Concrete topic.
+    pub topic: Topic,
+    /// The event.
+    pub event: SerializedEvent,
+    /// Action fed back if publishing failed (after retries).
+    pub on_error: Option<Callback<EventBusError, A>>,
+}
+
+/// Sends a command to the handler the runtime registered for its type (how sagas drive
+/// aggregates). Completes when the handler has handled it.
+pub struct Dispatch<A> {
+    /// The command.
+    pub command: AnyCommand,
+    /// The business process it belongs to.
+    pub correlation_id: Option<String>,
+    /// Action fed back if the command failed or was rejected (after retries).
+    pub on_error: Option<Callback<DispatchError, A>>,
+}
+
+impl<A> Dispatch<A> {
+    /// A dispatch of `command` with no callback.
+    pub fn new<C: std::any::Any + Send + Sync + fmt::Debug + PartialEq>(command: C) -> Self {
+        Dispatch { command: AnyCommand::new(command), correlation_id: None, on_error: None }
+    }
+
+    /// Marks the command as part of the business process `correlation_id`.
+    #[must_use]
+    pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// Feeds `f(error)` back if the command fails or is rejected (a typed rejection can be read
+    /// with [`DispatchError::rejection`]).
+    #[must_use]
+    pub fn on_error(mut self, f: impl FnOnce(DispatchError) -> A + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+}
+
+/// A description of work for the runtime. See the module docs for ordering, the outbox rule and
+/// identity.
 pub enum Effect<A> {
-    /// Nothing to do.
+    /// Nothing to do. Costs nothing: no task is started for it.
     None,
-    /// An event store operation.
-    EventStore(EventStoreOperation<A>),
-    /// Publishes an event to a topic.
-    PublishEvent {
-        /// Concrete topic.
-        topic: String,
-        /// The event (normally one appended by a preceding `AppendEvents`).
-        event: SerializedEvent,
-        /// The bus.
-        event_bus: Arc<dyn EventBus>,
-        /// Action to feed back once published.
-        on_success: Option<A>,
-        /// Action to feed back if publishing failed (after retries).
-        on_error: Option<Callback<EventBusError, A>>,
-    },
-    /// Sends a command to another store (how sagas drive aggregates). Completes when the target has
-    /// handled it.
-    DispatchCommand {
-        /// Who handles it.
-        target: Arc<dyn CommandHandler>,
-        /// The command.
-        command: AnyCommand,
-        /// The business process it belongs to.
-        correlation_id: Option<String>,
-        /// Action to feed back if the command failed (after retries).
-        on_error: Option<Callback<DispatchError, A>>,
-    },
-    /// Arbitrary async work that may produce an action.
-    Future(BoxFuture<'static, Option<A>>),
-    /// Feeds `action` back after `duration` on the store's clock.
+    /// Appends events (and publishes them through the outbox).
+    Append(Append<A>),
+    /// Publishes an event that is not stored.
+    Publish(Publish<A>),
+    /// Sends a command to another handler.
+    Dispatch(Dispatch<A>),
+    /// Arbitrary async work that may produce an action. Waits on the outside world: see
+    /// [`Effect::waits`].
+    Run(BoxFuture<'static, Option<A>>),
+    /// Feeds `action` back after `duration` on the runtime's clock.
     Delay {
         /// How long to wait.
         duration: Duration,
         /// What to send then.
         action: Box<A>,
     },
-    /// Runs all effects concurrently; completes when all completed.
+    /// Runs each child as its own sequence, concurrently; completes when all completed.
     Parallel(Vec<Effect<A>>),
     /// Runs effects one after another, stopping at the first failure.
     Sequential(Vec<Effect<A>>),
-    /// Runs `effect` so that [`Effect::Cancel`] with the same id stops it. With `cancel_in_flight`,
-    /// starting it first cancels earlier effects with this id (debounce).
+    /// Runs `effect` so that [`Effect::Cancel`] with the same (scoped) id stops it.
     Cancellable {
         /// Cancellation id.
         id: EffectId,
-        /// Cancel running effects with this id first.
-        cancel_in_flight: bool,
+        /// What to do with running effects of the same id.
+        in_flight: CancelInFlight,
         /// The effect.
         effect: Box<Effect<A>>,
     },
-    /// Cancels running effects with this id.
+    /// Cancels running effects with this (scoped) id.
     Cancel(EffectId),
+}
+
+impl<A> From<Append<A>> for Effect<A> {
+    fn from(value: Append<A>) -> Self {
+        Effect::Append(value)
+    }
+}
+
+impl<A> From<Dispatch<A>> for Effect<A> {
+    fn from(value: Dispatch<A>) -> Self {
+        Effect::Dispatch(value)
+    }
+}
+
+impl<A> From<Publish<A>> for Effect<A> {
+    fn from(value: Publish<A>) -> Self {
+        Effect::Publish(value)
+    }
 }
 
 impl<A: Send + 'static> Effect<A> {
@@ -149,7 +293,7 @@ impl<A: Send + 'static> Effect<A> {
     where
         F: Future<Output = Option<A>> + Send + 'static,
     {
-        Effect::Future(future.boxed())
+        Effect::Run(future.boxed())
     }
 
     /// Feeds `action` back after `duration`.
@@ -157,10 +301,32 @@ impl<A: Send + 'static> Effect<A> {
         Effect::Delay { duration, action: Box::new(action) }
     }
 
-    /// Makes this effect cancellable under `id`.
+    /// An append of `events` to `stream_id` (add topics with [`Append::publish_to`]).
+    pub fn append(stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Append<A> {
+        Append::new(stream_id, expected_version, events)
+    }
+
+    /// Publishes an event that is not stored (see [`Publish`]).
+    pub fn publish(topic: Topic, event: SerializedEvent) -> Self {
+        Effect::Publish(Publish { topic, event, on_error: None })
+    }
+
+    /// Dispatches `command` to the handler registered for its type (for a callback, build a
+    /// [`Dispatch`]).
+    pub fn dispatch<C: std::any::Any + Send + Sync + fmt::Debug + PartialEq>(command: C) -> Self {
+        Effect::Dispatch(Dispatch::new(command))
+    }
+
+    /// Makes this effect cancellable under `id` (running effects with that id keep running).
     #[must_use]
-    pub fn cancellable(self, id: impl Into<EffectId>, cancel_in_flight: bool) -> Self {
-        Effect::Cancellable { id: id.into(), cancel_in_flight, effect: Box::new(self) }
+    pub fn cancellable(self, id: impl Into<EffectId>) -> Self {
+        Effect::Cancellable { id: id.into(), in_flight: CancelInFlight::Keep, effect: Box::new(self) }
+    }
+
+    /// Makes this effect cancellable under `id`, cancelling running effects with that id first.
+    #[must_use]
+    pub fn cancel_in_flight(self, id: impl Into<EffectId>) -> Self {
+        Effect::Cancellable { id: id.into(), in_flight: CancelInFlight::Cancel, effect: Box::new(self) }
     }
 
     /// Cancels running effects with `id`.
@@ -168,32 +334,14 @@ impl<A: Send + 'static> Effect<A> {
         Effect::Cancel(id.into())
     }
 
-    /// An append with no callbacks.
-    pub fn append_events(event_store: Arc<dyn EventStore>, stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Self {
-        Effect::EventStore(EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success: None, on_error: None })
-    }
-
-    /// A publish with no callbacks.
-    pub fn publish(event_bus: Arc<dyn EventBus>, topic: impl Into<String>, event: SerializedEvent) -> Self {
-        Effect::PublishEvent { topic: topic.into(), event, event_bus, on_success: None, on_error: None }
-    }
-
-    /// Dispatches `command` to `target`.
-    pub fn dispatch<C: std::any::Any + Send + Sync + fmt::Debug>(target: Arc<dyn CommandHandler>, command: C, correlation_id: Option<String>) -> Self {
-        Effect::DispatchCommand { target, command: AnyCommand::new(command), correlation_id, on_error: None }
-    }
-
     /// A short name of the variant, for logs and spans.
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::None => "none",
-            Effect::EventStore(EventStoreOperation::AppendEvents { .. }) => "append_events",
-            Effect::EventStore(EventStoreOperation::LoadEvents { .. }) => "load_events",
-            Effect::EventStore(EventStoreOperation::SaveSnapshot { .. }) => "save_snapshot",
-            Effect::EventStore(EventStoreOperation::LoadSnapshot { .. }) => "load_snapshot",
-            Effect::PublishEvent { .. } => "publish_event",
-            Effect::DispatchCommand { .. } => "dispatch_command",
-            Effect::Future(_) => "future",
+            Effect::Append(_) => "append",
+            Effect::Publish(_) => "publish",
+            Effect::Dispatch(_) => "dispatch",
+            Effect::Run(_) => "run",
             Effect::Delay { .. } => "delay",
             Effect::Parallel(_) => "parallel",
             Effect::Sequential(_) => "sequential",
@@ -202,105 +350,155 @@ impl<A: Send + 'static> Effect<A> {
         }
     }
 
-    /// Lifts this effect into a parent's action type: every action it can produce goes through `f`.
-    pub fn map<B: Send + 'static>(self, f: impl Fn(A) -> B + Send + Sync + 'static) -> Effect<B> {
-        self.map_shared(&(Arc::new(f) as Arc<dyn Fn(A) -> B + Send + Sync>))
+    /// Whether this effect (or one inside it) waits on time or on the outside world: a
+    /// [`Effect::Delay`] or an [`Effect::Run`]. A saga step's acknowledgement does not wait for
+    /// such effects (see the runtime's docs).
+    pub fn waits(&self) -> bool {
+        match self {
+            Effect::Run(_) | Effect::Delay { .. } => true,
+            Effect::Parallel(v) | Effect::Sequential(v) => v.iter().any(Effect::waits),
+            Effect::Cancellable { effect, .. } => effect.waits(),
+            _ => false,
+        }
     }
 
-    fn map_shared<B: Send + 'static>(self, f: &Arc<dyn Fn(A) -> B + Send + Sync>) -> Effect<B> {
+    /// A one-line description of what this effect is, for test failures ("delay of 30s feeding
+    /// back Timeout", "dispatch Reserve { .. }").
+    pub fn describe(&self) -> String
+    where
+        A: fmt::Debug,
+    {
+        match self {
+            Effect::None => "nothing".into(),
+            Effect::Append(a) => format!("append of {} event(s) to {}", a.events.len(), a.stream_id),
+            Effect::Publish(p) => format!("publish of {} to {}", p.event.event_type, p.topic),
+            Effect::Dispatch(d) => format!("dispatch of {:?}", d.command),
+            Effect::Run(_) => "run (an async future)".into(),
+            Effect::Delay { duration, action } => format!("delay of {duration:?} feeding back {action:?}"),
+            Effect::Parallel(v) => format!("parallel [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
+            Effect::Sequential(v) => format!("sequential [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
+            Effect::Cancellable { id, effect, .. } => format!("{} (cancellable as {})", effect.describe(), id.as_str()),
+            Effect::Cancel(id) => format!("cancel of {}", id.as_str()),
+        }
+    }
+
+    /// Lifts this effect into a parent's action type: every action it can produce goes through `f`.
+    pub fn map<B: Send + 'static>(self, f: impl Fn(A) -> B + Send + Sync + 'static) -> Effect<B> {
+        self.map_shared(&(Arc::new(f) as Arc<dyn Fn(A) -> B + Send + Sync>), None)
+    }
+
+    /// Like [`Effect::map`], and also scopes every cancellation id under `scope`, so that two
+    /// children's effects never cancel each other (used by composition).
+    pub fn map_scoped<B: Send + 'static>(self, scope: &str, f: impl Fn(A) -> B + Send + Sync + 'static) -> Effect<B> {
+        self.map_shared(&(Arc::new(f) as Arc<dyn Fn(A) -> B + Send + Sync>), Some(scope))
+    }
+
+    fn map_shared<B: Send + 'static>(self, f: &Arc<dyn Fn(A) -> B + Send + Sync>, scope: Option<&str>) -> Effect<B> {
         fn cb<T: 'static, A: 'static, B: 'static>(c: Option<Callback<T, A>>, f: &Arc<dyn Fn(A) -> B + Send + Sync>) -> Option<Callback<T, B>> {
             c.map(|c| {
                 let f = Arc::clone(f);
                 Box::new(move |t| f(c(t))) as Callback<T, B>
             })
         }
+        let rescope = |id: EffectId| match scope {
+            Some(s) => id.scoped(s),
+            None => id,
+        };
         match self {
             Effect::None => Effect::None,
-            Effect::EventStore(op) => Effect::EventStore(match op {
-                EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success, on_error } => {
-                    EventStoreOperation::AppendEvents {
-                        event_store,
-                        stream_id,
-                        expected_version,
-                        events,
-                        on_success: cb(on_success, f),
-                        on_error: cb(on_error, f),
-                    }
-                }
-                EventStoreOperation::LoadEvents { event_store, stream_id, from_version, on_success, on_error } => EventStoreOperation::LoadEvents {
-                    event_store,
-                    stream_id,
-                    from_version,
-                    on_success: cb(Some(on_success), f).expect("mapped a present callback"),
-                    on_error: cb(on_error, f),
-                },
-                EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error } => {
-                    EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error: cb(on_error, f) }
-                }
-                EventStoreOperation::LoadSnapshot { event_store, stream_id, on_success, on_error } => EventStoreOperation::LoadSnapshot {
-                    event_store,
-                    stream_id,
-                    on_success: cb(Some(on_success), f).expect("mapped a present callback"),
-                    on_error: cb(on_error, f),
-                },
+            Effect::Append(a) => Effect::Append(Append {
+                stream_id: a.stream_id,
+                expected_version: a.expected_version,
+                events: a.events,
+                publish_to: a.publish_to,
+                on_success: cb(a.on_success, f),
+                on_error: cb(a.on_error, f),
             }),
-            Effect::PublishEvent { topic, event, event_bus, on_success, on_error } => {
-                Effect::PublishEvent { topic, event, event_bus, on_success: on_success.map(|a| f(a)), on_error: cb(on_error, f) }
-            }
-            Effect::DispatchCommand { target, command, correlation_id, on_error } => {
-                Effect::DispatchCommand { target, command, correlation_id, on_error: cb(on_error, f) }
-            }
-            Effect::Future(fut) => {
+            Effect::Publish(p) => Effect::Publish(Publish { topic: p.topic, event: p.event, on_error: cb(p.on_error, f) }),
+            Effect::Dispatch(d) => Effect::Dispatch(Dispatch { command: d.command, correlation_id: d.correlation_id, on_error: cb(d.on_error, f) }),
+            Effect::Run(fut) => {
                 let f = Arc::clone(f);
-                Effect::Future(fut.map(move |a| a.map(|a| f(a))).boxed())
+                Effect::Run(fut.map(move |a| a.map(|a| f(a))).boxed())
             }
             Effect::Delay { duration, action } => Effect::Delay { duration, action: Box::new(f(*action)) },
-            Effect::Parallel(effects) => Effect::Parallel(effects.into_iter().map(|e| e.map_shared(f)).collect()),
-            Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f)).collect()),
-            Effect::Cancellable { id, cancel_in_flight, effect } => Effect::Cancellable { id, cancel_in_flight, effect: Box::new(effect.map_shared(f)) },
-            Effect::Cancel(id) => Effect::Cancel(id),
+            Effect::Parallel(effects) => Effect::Parallel(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
+            Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
+            Effect::Cancellable { id, in_flight, effect } => {
+                Effect::Cancellable { id: rescope(id), in_flight, effect: Box::new(effect.map_shared(f, scope)) }
+            }
+            Effect::Cancel(id) => Effect::Cancel(rescope(id)),
+        }
+    }
+}
+
+fn same_presence<T>(a: Option<&T>, b: Option<&T>) -> bool {
+    a.is_some() == b.is_some()
+}
+
+/// Effects compare as data: callbacks by presence, [`Effect::Run`] futures never equal.
+impl<A: PartialEq> PartialEq for Effect<A> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Effect::None, Effect::None) => true,
+            (Effect::Append(a), Effect::Append(b)) => {
+                a.stream_id == b.stream_id
+                    && a.expected_version == b.expected_version
+                    && a.events.len() == b.events.len()
+                    && a.events.iter().zip(&b.events).all(|(x, y)| x.event_type == y.event_type && x.data == y.data)
+                    && a.publish_to == b.publish_to
+                    && same_presence(a.on_success.as_ref(), b.on_success.as_ref())
+                    && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
+            }
+            (Effect::Publish(a), Effect::Publish(b)) => {
+                a.topic == b.topic && a.event.event_type == b.event.event_type && a.event.data == b.event.data && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
+            }
+            (Effect::Dispatch(a), Effect::Dispatch(b)) => {
+                a.command == b.command && a.correlation_id == b.correlation_id && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
+            }
+            (Effect::Delay { duration: d1, action: a1 }, Effect::Delay { duration: d2, action: a2 }) => d1 == d2 && a1 == a2,
+            (Effect::Parallel(a), Effect::Parallel(b)) | (Effect::Sequential(a), Effect::Sequential(b)) => a == b,
+            (Effect::Cancellable { id: i1, in_flight: f1, effect: e1 }, Effect::Cancellable { id: i2, in_flight: f2, effect: e2 }) => {
+                i1 == i2 && f1 == f2 && e1 == e2
+            }
+            (Effect::Cancel(a), Effect::Cancel(b)) => a == b,
+            _ => false,
         }
     }
 }
 
 impl<A: fmt::Debug> fmt::Debug for Effect<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const CALLBACK: &str = "<callback>";
+        let cb = |present: bool| if present { Some(CALLBACK) } else { None };
         match self {
             Effect::None => f.write_str("None"),
-            Effect::EventStore(EventStoreOperation::AppendEvents { stream_id, expected_version, events, .. }) => f
-                .debug_struct("AppendEvents")
-                .field("stream_id", stream_id)
-                .field("expected_version", expected_version)
-                .field("event_types", &events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-                .finish_non_exhaustive(),
-            Effect::EventStore(EventStoreOperation::LoadEvents { stream_id, from_version, .. }) => {
-                f.debug_struct("LoadEvents").field("stream_id", stream_id).field("from_version", from_version).finish_non_exhaustive()
-            }
-            Effect::EventStore(EventStoreOperation::SaveSnapshot { snapshot, .. }) => {
-                f.debug_struct("SaveSnapshot").field("stream_id", &snapshot.stream_id).field("version", &snapshot.version).finish_non_exhaustive()
-            }
-            Effect::EventStore(EventStoreOperation::LoadSnapshot { stream_id, .. }) => {
-                f.debug_struct("LoadSnapshot").field("stream_id", stream_id).finish_non_exhaustive()
-            }
-            Effect::PublishEvent { topic, event, on_success, .. } => f
-                .debug_struct("PublishEvent")
-                .field("topic", topic)
-                .field("event_type", &event.event_type)
-                .field("event_id", &event.event_id)
-                .field("on_success", on_success)
-                .finish_non_exhaustive(),
-            Effect::DispatchCommand { target, command, correlation_id, .. } => f
-                .debug_struct("DispatchCommand")
-                .field("target", &target.name())
-                .field("command", command)
-                .field("correlation_id", correlation_id)
-                .finish_non_exhaustive(),
-            Effect::Future(_) => f.write_str("Future(..)"),
+            Effect::Append(a) => f
+                .debug_struct("Append")
+                .field("stream_id", &a.stream_id)
+                .field("expected_version", &a.expected_version)
+                .field("event_types", &a.events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+                .field("publish_to", &a.publish_to)
+                .field("on_success", &cb(a.on_success.is_some()))
+                .field("on_error", &cb(a.on_error.is_some()))
+                .finish(),
+            Effect::Publish(p) => f
+                .debug_struct("Publish")
+                .field("topic", &p.topic)
+                .field("event_type", &p.event.event_type)
+                .field("on_error", &cb(p.on_error.is_some()))
+                .finish(),
+            Effect::Dispatch(d) => f
+                .debug_struct("Dispatch")
+                .field("command", &d.command)
+                .field("correlation_id", &d.correlation_id)
+                .field("on_error", &cb(d.on_error.is_some()))
+                .finish(),
+            Effect::Run(_) => f.write_str("Run(..)"),
             Effect::Delay { duration, action } => f.debug_struct("Delay").field("duration", duration).field("action", action).finish(),
             Effect::Parallel(e) => f.debug_tuple("Parallel").field(e).finish(),
             Effect::Sequential(e) => f.debug_tuple("Sequential").field(e).finish(),
-            Effect::Cancellable { id, cancel_in_flight, effect } => {
-                f.debug_struct("Cancellable").field("id", id).field("cancel_in_flight", cancel_in_flight).field("effect", effect).finish()
+            Effect::Cancellable { id, in_flight, effect } => {
+                f.debug_struct("Cancellable").field("id", id).field("in_flight", in_flight).field("effect", effect).finish()
             }
             Effect::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
         }

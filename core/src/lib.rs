@@ -26,10 +26,10 @@ pub mod saga;
 pub mod stream;
 pub mod topic;
 
-pub use aggregate::Aggregate;
+pub use aggregate::{Aggregate, DomainEvent, Reaction};
 pub use clock::Clock;
-pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError};
-pub use effect::{Callback, Effect, EffectId, EventStoreOperation};
+pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Rejection};
+pub use effect::{Append, Callback, CancelInFlight, Dispatch, Effect, EffectId, EffectPath, Publish};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
 pub use event_bus::{BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
 pub use event_store::{

@@ -1,26 +1,36 @@
-//! The effect executor: runs the effects of one `reduce` call **in the order returned**.
+//! The effect executor: the one entry point through which [`crate::Store`],
+//! [`crate::AggregateHandler`], [`crate::SagaRunner`] and `TestStore` run effects.
 //!
-//! - A sequence (the effects of one `reduce`, or an `Effect::Sequential`) runs one effect after the
-//!   other and stops at the first failed store, bus or dispatch effect: the failed effect's `on_error`
-//!   action is fed back and the remaining effects are skipped (and reported to the observer). So a
-//!   `PublishEvent` after a failed `AppendEvents` is never executed.
-//! - When an `AppendEvents` is followed, in the same sequence, by `PublishEvent`s of events it appends,
-//!   the publish intents are stored with the append (transactional outbox). After each publish
-//!   succeeds the intent is marked done; if the process dies first, [`crate::outbox`] publishes it.
-//!   The published event is the stored one (with stream id and version set).
-//! - Retryable errors are retried with the [`RetryPolicy`]'s backoff on the executor's clock; a
-//!   concurrency conflict is never retried here (the command must be decided again on fresh state).
-//!   Failures other than conflicts are dead-lettered.
-//! - `Parallel` is the only way effects run concurrently.
+//! # What runs when
+//! - **Sequences.** The effects of one `reduce` call (and of an `Effect::Sequential`) run one after
+//!   the other, in the order returned. The first failed `Append`, `Publish` or `Dispatch` feeds its
+//!   `on_error` action back and skips the rest of its sequence (each skipped effect is reported to the
+//!   observer). `Parallel` runs each child as its own sequence, concurrently.
+//! - **Appends and the outbox.** An `Append` writes its events and one publish intent per event and
+//!   topic of [`Append::publish_to`](composable_rust_core::Append) in one atomic write, then
+//!   publishes the stored events (with stream id and version set) and marks the intents done. A
+//!   publish that fails after the events were stored does **not** fail the sequence: the event stays
+//!   in the outbox and [`crate::outbox`] publishes it. An append that failed publishes nothing.
+//! - **Waiting effects.** A `Delay` or `Run` (or a composite holding one) waits on time or the
+//!   outside world. Where the scope says so ([`ExecutionScope::detach_waiting`], which the saga
+//!   runner uses), the first waiting effect of a sequence and everything after it in that sequence
+//!   continue on a task of their own: the caller (and the saga step's acknowledgement) waits only for
+//!   the effects before it. Order within the sequence is unchanged.
+//! - **Identity.** With a cause ([`ExecutionScope::caused_by`]), every dispatched command id, every
+//!   appended or published event id is derived from the cause and the effect's [`EffectPath`], so
+//!   handling the same input again lands every effect once, whichever parallel branch finishes first.
+//! - **Failures.** Retryable errors are retried with the [`RetryPolicy`]'s backoff on the executor's
+//!   clock; a concurrency conflict is never retried here (the command must be decided again).
+//!   Failures other than conflicts, and panics in effects or callbacks, are dead-lettered.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::{
-    AppendRequest, AppendResult, Clock, CommandEnvelope, CommandOutcome, DispatchError, Effect, EventBusError, EventStore, EventStoreError,
-    EventStoreOperation, ExpectedVersion, OutboxIntent, SerializedEvent, StreamId, Topic, Version,
+    Append, AppendRequest, AppendResult, Callback, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId, EffectPath,
+    EventBus, EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic, Version,
 };
 use futures::FutureExt;
 use futures::future::{Abortable, BoxFuture};
@@ -31,12 +41,16 @@ use crate::cancellation::CancellationRegistry;
 use crate::clock::SystemClock;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters, dead_letter};
 use crate::retry::RetryPolicy;
+use crate::router::CommandRouter;
+use crate::tracker::Tracker;
 
-/// Where actions produced by effects go (the store's queue, a test's received list, ...).
-pub type Feedback<A> = Arc<dyn Fn(A) + Send + Sync>;
+/// Where actions produced by effects go (the store's queue, a saga's follow-up steps, a test's
+/// received list), with the path of the effect that produced them.
+pub type Feedback<A> = Arc<dyn Fn(EffectPath, A) + Send + Sync>;
 
 /// What to do when an append hits a concurrency conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ConflictPolicy {
     /// Feed the append's `on_error` action back (the reducer decides). The default for a `Store`.
     #[default]
@@ -46,20 +60,34 @@ pub enum ConflictPolicy {
     Abort,
 }
 
-/// Per-run context: ids to stamp on dispatched commands, conflict policy.
-#[derive(Debug, Default)]
+/// The context of one run: the cause ids derive from, the conflict policy, the scope of
+/// cancellation ids, whether waiting effects run detached.
+#[derive(Debug, Clone, Default)]
 pub struct ExecutionScope {
-    command_id_base: Option<Uuid>,
-    counter: AtomicU32,
+    cause: Option<Uuid>,
     causation_id: Option<String>,
+    correlation_id: Option<String>,
     conflict: ConflictPolicy,
+    cancel_scope: Option<Arc<str>>,
+    detach: Option<Tracker>,
 }
 
+/// Namespaces of the ids derived from a cause (UUID v5), one per kind of id.
+const COMMAND_IDS: &[u8] = b"command";
+const EVENT_IDS: &[u8] = b"event";
+
 impl ExecutionScope {
-    /// A scope whose dispatched commands get ids derived from `base` (deterministic: the same step run
-    /// again dispatches commands with the same ids, which handlers de-duplicate).
-    pub fn deterministic(base: Uuid, causation_id: Option<String>) -> Self {
-        Self { command_id_base: Some(base), causation_id, ..Self::default() }
+    /// A scope whose ids are derived from `cause` (a command id, a saga step id) and the effect's
+    /// path; `cause` is also stamped as causation id on appended events and dispatched commands.
+    pub fn caused_by(cause: Uuid) -> Self {
+        Self { cause: Some(cause), causation_id: Some(cause.to_string()), ..Self::default() }
+    }
+
+    /// Stamps `correlation_id` on appended events and dispatched commands that carry none.
+    #[must_use]
+    pub fn with_correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
     }
 
     /// Sets the conflict policy.
@@ -69,19 +97,58 @@ impl ExecutionScope {
         self
     }
 
-    fn next_command_id(&self) -> Uuid {
-        match self.command_id_base {
-            Some(base) => {
-                let n = self.counter.fetch_add(1, Ordering::Relaxed);
-                Uuid::new_v5(&base, &n.to_be_bytes())
+    /// Scopes cancellation ids: `Cancellable`/`Cancel` ids of this run only match ids of the same
+    /// scope (a saga instance).
+    #[must_use]
+    pub fn with_cancel_scope(mut self, scope: &str) -> Self {
+        self.cancel_scope = Some(scope.into());
+        self
+    }
+
+    /// Runs each sequence's first waiting effect and the rest of that sequence on a task of its own,
+    /// counted by `tracker` (see the module docs).
+    #[must_use]
+    pub fn detach_waiting(mut self, tracker: Tracker) -> Self {
+        self.detach = Some(tracker);
+        self
+    }
+
+    /// The id of the command dispatched at `path`.
+    pub fn command_id(&self, path: &EffectPath) -> Uuid {
+        self.derive(COMMAND_IDS, path, None)
+    }
+
+    /// The id of event `index` of the append (or publish) at `path`.
+    pub fn event_id(&self, path: &EffectPath, index: usize) -> Uuid {
+        self.derive(EVENT_IDS, path, Some(index))
+    }
+
+    fn derive(&self, kind: &[u8], path: &EffectPath, index: Option<usize>) -> Uuid {
+        match self.cause {
+            Some(cause) => {
+                let mut name = kind.to_vec();
+                name.extend(path.to_bytes());
+                if let Some(i) = index {
+                    name.push(b'#');
+                    name.extend(u64::try_from(i).unwrap_or(u64::MAX).to_be_bytes());
+                }
+                Uuid::new_v5(&cause, &name)
             }
             None => Uuid::new_v4(),
+        }
+    }
+
+    fn scoped(&self, id: EffectId) -> EffectId {
+        match &self.cancel_scope {
+            Some(s) => id.scoped(s),
+            None => id,
         }
     }
 }
 
 /// Why a sequence stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EffectFailure {
     /// An event store effect failed.
     #[error(transparent)]
@@ -92,6 +159,24 @@ pub enum EffectFailure {
     /// A dispatched command failed.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The effect needs a backend this executor was not given.
+    #[error("a {kind} effect needs {missing}, and this executor has none: give one with Executor::builder().{setter}(..)")]
+    NotConfigured {
+        /// The effect's kind.
+        kind: &'static str,
+        /// What is missing (`an event store`).
+        missing: &'static str,
+        /// The builder method that gives it.
+        setter: &'static str,
+    },
+    /// User code run by the effect (a `Run` future, a callback) panicked.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// Which effect.
+        what: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
 impl EffectFailure {
@@ -99,10 +184,21 @@ impl EffectFailure {
     pub fn is_conflict(&self) -> bool {
         matches!(self, EffectFailure::Store(EventStoreError::ConcurrencyConflict { .. }))
     }
+
+    /// Whether running the same effects again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EffectFailure::Store(e) => e.is_retryable() || matches!(e, EventStoreError::ConcurrencyConflict { .. }),
+            EffectFailure::Bus(e) => e.is_retryable(),
+            EffectFailure::Dispatch(e) => e.is_retryable(),
+            EffectFailure::NotConfigured { .. } | EffectFailure::Panicked { .. } => false,
+        }
+    }
 }
 
 /// What the executor did with an effect that talks to the outside, for observers (tests, metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EffectRecord {
     /// An append ran.
     Append {
@@ -117,7 +213,7 @@ pub enum EffectRecord {
         /// Result.
         outcome: Result<AppendResult, EventStoreError>,
     },
-    /// A publish ran.
+    /// A publish ran: of a stored event (`stored`, from an append's outbox) or of a notification.
     Publish {
         /// Topic.
         topic: String,
@@ -125,6 +221,8 @@ pub enum EffectRecord {
         event_type: String,
         /// Event id.
         event_id: Uuid,
+        /// Whether the event was stored (an outbox publish).
+        stored: bool,
         /// Result.
         outcome: Result<(), EventBusError>,
     },
@@ -141,7 +239,7 @@ pub enum EffectRecord {
     },
     /// An effect was not executed because an earlier one in its sequence failed.
     Skipped {
-        /// Its kind (`publish_event`, ...).
+        /// Its kind (`append`, ...).
         kind: &'static str,
     },
 }
@@ -177,9 +275,13 @@ struct Shared {
     dead_letters: Arc<dyn DeadLetterSink>,
     observer: Option<Arc<dyn EffectObserver>>,
     cancellations: CancellationRegistry,
+    store: Option<Arc<dyn EventStore>>,
+    bus: Option<Arc<dyn EventBus>>,
+    commands: CommandRouter,
 }
 
-/// Executes effects. Cheap to clone; clones share the cancellation registry.
+/// Executes effects with the store, bus and command handlers it owns. Cheap to clone; clones share
+/// everything (the cancellation registry included).
 #[derive(Clone)]
 pub struct Executor {
     shared: Arc<Shared>,
@@ -187,7 +289,12 @@ pub struct Executor {
 
 impl fmt::Debug for Executor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Executor").field("retry", &self.shared.retry).finish_non_exhaustive()
+        f.debug_struct("Executor")
+            .field("retry", &self.shared.retry)
+            .field("store", &self.shared.store.is_some())
+            .field("bus", &self.shared.bus.is_some())
+            .field("commands", &self.shared.commands)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,39 +305,58 @@ impl Default for Executor {
 }
 
 /// Builds an [`Executor`].
+#[must_use]
 pub struct ExecutorBuilder {
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     dead_letters: Arc<dyn DeadLetterSink>,
     observer: Option<Arc<dyn EffectObserver>>,
+    store: Option<Arc<dyn EventStore>>,
+    bus: Option<Arc<dyn EventBus>>,
+    commands: CommandRouter,
 }
 
 impl ExecutorBuilder {
     /// The clock for `Delay` and backoff (default: [`SystemClock`]).
-    #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
     /// The retry policy (default: [`RetryPolicy::default`]).
-    #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
     /// Where dead letters go (default: an [`InMemoryDeadLetters`] of 10,000).
-    #[must_use]
     pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
         self.dead_letters = sink;
         self
     }
 
     /// An observer of store, bus and dispatch effects.
-    #[must_use]
     pub fn observer(mut self, observer: Arc<dyn EffectObserver>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// The event store `Append` effects write to.
+    pub fn store(mut self, store: Arc<dyn EventStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The bus stored events and notifications are published to.
+    pub fn bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// The router `Dispatch` effects go through (share one router between runtimes so handlers
+    /// registered later are found).
+    pub fn commands(mut self, router: CommandRouter) -> Self {
+        self.commands = router;
         self
     }
 
@@ -243,22 +369,48 @@ impl ExecutorBuilder {
                 dead_letters: self.dead_letters,
                 observer: self.observer,
                 cancellations: CancellationRegistry::default(),
+                store: self.store,
+                bus: self.bus,
+                commands: self.commands,
             }),
         }
     }
 }
 
-/// Events stored by an append earlier in the current sequence, by id.
-struct StoredInSequence {
-    event: SerializedEvent,
-    store: Arc<dyn EventStore>,
-    outbox_topics: Vec<Topic>,
+/// What a run did, for its caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// The global position of the last event stored by the run (not counting detached effects).
+    pub last_position: Option<GlobalPosition>,
+}
+
+#[derive(Default)]
+struct RunState {
+    // 0 = nothing stored; positions start at 1.
+    last_position: AtomicU64,
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_string())
 }
 
 impl Executor {
-    /// A builder with defaults.
+    /// A builder with defaults: system clock, default retries, no store, no bus, an empty router.
     pub fn builder() -> ExecutorBuilder {
-        ExecutorBuilder { clock: Arc::new(SystemClock), retry: RetryPolicy::default(), dead_letters: Arc::new(InMemoryDeadLetters::default()), observer: None }
+        ExecutorBuilder {
+            clock: Arc::new(SystemClock),
+            retry: RetryPolicy::default(),
+            dead_letters: Arc::new(InMemoryDeadLetters::default()),
+            observer: None,
+            store: None,
+            bus: None,
+            commands: CommandRouter::default(),
+        }
     }
 
     /// The executor's clock.
@@ -276,14 +428,27 @@ impl Executor {
         &self.shared.dead_letters
     }
 
+    /// The event store, if it has one.
+    pub fn store(&self) -> Option<&Arc<dyn EventStore>> {
+        self.shared.store.as_ref()
+    }
+
+    /// The bus, if it has one.
+    pub fn bus(&self) -> Option<&Arc<dyn EventBus>> {
+        self.shared.bus.as_ref()
+    }
+
+    /// The command router.
+    pub fn commands(&self) -> &CommandRouter {
+        &self.shared.commands
+    }
+
     /// Runs `effects` as one sequence (see the module docs).
-    pub fn run<'a, A: Send + 'static>(
-        &'a self,
-        effects: Vec<Effect<A>>,
-        feedback: &'a Feedback<A>,
-        scope: &'a ExecutionScope,
-    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
-        self.run_sequence(effects, feedback, scope)
+    pub async fn run<A: Send + 'static>(&self, effects: Vec<Effect<A>>, feedback: &Feedback<A>, scope: &ExecutionScope) -> Result<RunReport, EffectFailure> {
+        let state = RunState::default();
+        self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state).await?;
+        let p = state.last_position.load(Ordering::Relaxed);
+        Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
     }
 
     /// Builds the record only when someone observes: the hot path allocates nothing for it.
@@ -313,35 +478,29 @@ impl Executor {
         }
     }
 
+    /// Runs `effects` in order; the k-th has path `base/first+k`.
     fn run_sequence<'a, A: Send + 'static>(
         &'a self,
         effects: Vec<Effect<A>>,
         feedback: &'a Feedback<A>,
         scope: &'a ExecutionScope,
+        base: EffectPath,
+        first: usize,
+        state: &'a RunState,
     ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         async move {
-            let mut effects: Vec<Option<Effect<A>>> = effects.into_iter().map(Some).collect();
-            let mut stored: HashMap<Uuid, StoredInSequence> = HashMap::new();
-            for i in 0..effects.len() {
-                let Some(effect) = effects[i].take() else { continue };
-                let span = tracing::info_span!("effect", kind = effect.kind());
-                let result = match effect {
-                    Effect::EventStore(EventStoreOperation::AppendEvents { event_store, stream_id, expected_version, events, on_success, on_error }) => {
-                        let outbox = outbox_intents(&events, &effects[i + 1..]);
-                        let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None };
-                        self.append(request, &event_store, on_success, on_error, feedback, scope, &mut stored).instrument(span).await
-                    }
-                    Effect::PublishEvent { topic, event, event_bus, on_success, on_error } => {
-                        let (event, outbox_store) = match stored.get(&event.event_id) {
-                            Some(s) => (s.event.clone(), s.outbox_topics.iter().any(|t| t.as_str() == topic).then(|| Arc::clone(&s.store))),
-                            None => (event, None),
-                        };
-                        self.publish(&topic, event, &*event_bus, outbox_store, on_success, on_error, feedback).instrument(span).await
-                    }
-                    other => self.run_other(other, feedback, scope).instrument(span).await,
-                };
+            let mut effects = effects.into_iter().enumerate();
+            while let Some((k, effect)) = effects.next() {
+                if let (Some(tracker), true) = (&scope.detach, effect.waits()) {
+                    let rest: Vec<Effect<A>> = std::iter::once(effect).chain(effects.map(|(_, e)| e)).collect();
+                    self.detach(rest, feedback, scope, tracker, base, first + k);
+                    return Ok(());
+                }
+                let path = base.child(first + k);
+                let span = tracing::info_span!("effect", kind = effect.kind(), path = %path);
+                let result = self.run_one(effect, feedback, scope, path, state).instrument(span).await;
                 if let Err(failure) = result {
-                    for skipped in effects[i + 1..].iter_mut().filter_map(Option::take) {
+                    for (_, skipped) in effects {
                         tracing::debug!(kind = skipped.kind(), error = %failure, "effect skipped: an earlier effect of its sequence failed");
                         self.observe(|| EffectRecord::Skipped { kind: skipped.kind() });
                     }
@@ -353,18 +512,128 @@ impl Executor {
         .boxed()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn detach<A: Send + 'static>(&self, rest: Vec<Effect<A>>, feedback: &Feedback<A>, scope: &ExecutionScope, tracker: &Tracker, base: EffectPath, first: usize) {
+        let guard = tracker.enter();
+        let executor = self.clone();
+        let feedback = Arc::clone(feedback);
+        let mut scope = scope.clone();
+        scope.detach = None;
+        tokio::spawn(
+            async move {
+                let state = RunState::default();
+                let run = AssertUnwindSafe(executor.run_sequence(rest, &feedback, &scope, base, first, &state)).catch_unwind();
+                match run.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "detached effects stopped"),
+                    Err(panic) => {
+                        dead_letter(&*executor.shared.dead_letters, "detached effects".into(), panic_message(&*panic), 1, None);
+                    }
+                }
+                drop(guard);
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn feed<T, A>(&self, what: &str, callback: Option<Callback<T, A>>, value: T, path: &EffectPath, feedback: &Feedback<A>) {
+        let Some(cb) = callback else { return };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| cb(value))) {
+            Ok(action) => feedback(path.clone(), action),
+            Err(panic) => dead_letter(&*self.shared.dead_letters, format!("callback of {what}"), panic_message(&*panic), 1, None),
+        }
+    }
+
+    fn run_one<'a, A: Send + 'static>(
+        &'a self,
+        effect: Effect<A>,
+        feedback: &'a Feedback<A>,
+        scope: &'a ExecutionScope,
+        path: EffectPath,
+        state: &'a RunState,
+    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
+        async move {
+            match effect {
+                Effect::None => Ok(()),
+                Effect::Append(append) => self.append(append, feedback, scope, &path, state).await,
+                Effect::Publish(publish) => self.publish_notification(publish, feedback, scope, &path).await,
+                Effect::Dispatch(dispatch) => self.dispatch(dispatch, feedback, scope, &path).await,
+                Effect::Run(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(action) => {
+                        if let Some(a) = action {
+                            feedback(path, a);
+                        }
+                        Ok(())
+                    }
+                    Err(panic) => {
+                        let failure = EffectFailure::Panicked { what: format!("run effect at {path}"), message: panic_message(&*panic) };
+                        dead_letter(&*self.shared.dead_letters, format!("run effect at {path}"), failure.to_string(), 1, None);
+                        Err(failure)
+                    }
+                },
+                Effect::Delay { duration, action } => {
+                    self.shared.clock.sleep(duration).await;
+                    feedback(path, *action);
+                    Ok(())
+                }
+                Effect::Sequential(inner) => self.run_sequence(inner, feedback, scope, path, 0, state).await,
+                Effect::Parallel(inner) => {
+                    let branches = inner.into_iter().enumerate().map(|(j, e)| self.run_sequence(vec![e], feedback, scope, path.clone(), j, state));
+                    let results = futures::future::join_all(branches).await;
+                    results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+                }
+                Effect::Cancellable { id, in_flight, effect } => {
+                    let id = scope.scoped(id);
+                    let cancel_first = in_flight == composable_rust_core::CancelInFlight::Cancel;
+                    let (token, registration) = self.shared.cancellations.register(&id, cancel_first);
+                    let outcome = Abortable::new(self.run_sequence(vec![*effect], feedback, scope, path, 0, state), registration).await;
+                    self.shared.cancellations.finished(&id, token);
+                    outcome.unwrap_or_else(|_aborted| {
+                        tracing::debug!(id = id.as_str(), "cancellable effect cancelled");
+                        Ok(())
+                    })
+                }
+                Effect::Cancel(id) => {
+                    let id = scope.scoped(id);
+                    let n = self.shared.cancellations.cancel(&id);
+                    tracing::debug!(id = id.as_str(), cancelled = n, "cancel");
+                    Ok(())
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn stamp(scope: &ExecutionScope, event: &mut SerializedEvent) {
+        if event.metadata.causation_id.is_none() {
+            event.metadata.causation_id.clone_from(&scope.causation_id);
+        }
+        if event.metadata.correlation_id.is_none() {
+            event.metadata.correlation_id.clone_from(&scope.correlation_id);
+        }
+    }
+
     async fn append<A: Send + 'static>(
         &self,
-        request: AppendRequest,
-        store: &Arc<dyn EventStore>,
-        on_success: Option<composable_rust_core::Callback<AppendResult, A>>,
-        on_error: Option<composable_rust_core::Callback<EventStoreError, A>>,
+        append: Append<A>,
         feedback: &Feedback<A>,
         scope: &ExecutionScope,
-        stored: &mut HashMap<Uuid, StoredInSequence>,
+        path: &EffectPath,
+        state: &RunState,
     ) -> Result<(), EffectFailure> {
-        let what = || format!("append_events to {}", request.stream_id);
+        let Some(store) = &self.shared.store else {
+            return Err(EffectFailure::NotConfigured { kind: "append", missing: "an event store", setter: "store" });
+        };
+        let Append { stream_id, expected_version, mut events, publish_to, on_success, on_error } = append;
+        for (k, event) in events.iter_mut().enumerate() {
+            if scope.cause.is_some() {
+                event.event_id = scope.event_id(path, k);
+            }
+            Self::stamp(scope, event);
+        }
+        let outbox: Vec<OutboxIntent> =
+            events.iter().flat_map(|e| publish_to.iter().map(|t| OutboxIntent { topic: t.clone(), event_id: e.event_id })).collect();
+        let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None };
+        let what = || format!("append to {}", request.stream_id);
         let (outcome, attempts) = self.with_retry(&what, || store.append(request.clone())).await;
         self.observe(|| EffectRecord::Append {
             stream_id: request.stream_id.clone(),
@@ -375,15 +644,12 @@ impl Executor {
         });
         match outcome {
             Ok(result) => {
-                for (k, mut event) in request.events.into_iter().enumerate() {
-                    event.stream_id = Some(request.stream_id.clone());
-                    event.stream_version = Some(Version(result.first_version.0 + k as u64));
-                    let outbox_topics = request.outbox.iter().filter(|o| o.event_id == event.event_id).map(|o| o.topic.clone()).collect();
-                    stored.insert(event.event_id, StoredInSequence { event, store: Arc::clone(store), outbox_topics });
+                let last = result.first_position.0 + request.events.len() as u64 - 1;
+                state.last_position.fetch_max(last, Ordering::Relaxed);
+                if !publish_to.is_empty() {
+                    self.publish_stored(store, &request, &result, &publish_to).await;
                 }
-                if let Some(cb) = on_success {
-                    feedback(cb(result));
-                }
+                self.feed("append", on_success, result, path, feedback);
                 Ok(())
             }
             Err(error) => {
@@ -396,180 +662,122 @@ impl Executor {
                 } else {
                     dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, request.events.first().cloned());
                 }
-                if let Some(cb) = on_error {
-                    feedback(cb(error.clone()));
-                }
+                self.feed("append", on_error, error.clone(), path, feedback);
                 Err(error.into())
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn publish<A: Send + 'static>(
+    /// Publishes the events an append stored, as stored, and marks their outbox intents done. A
+    /// failure leaves the intent for the relay; it never fails the sequence.
+    async fn publish_stored(&self, store: &Arc<dyn EventStore>, request: &AppendRequest, result: &AppendResult, topics: &[Topic]) {
+        let Some(bus) = &self.shared.bus else {
+            tracing::warn!(stream = %request.stream_id, "this executor has no bus: the events stay in the outbox until a relay publishes them");
+            return;
+        };
+        for (k, event) in request.events.iter().enumerate() {
+            let mut event = event.clone();
+            event.stream_id = Some(request.stream_id.clone());
+            event.stream_version = Some(Version(result.first_version.0 + k as u64));
+            for topic in topics {
+                let what = || format!("publish of stored {} {} to {topic}", event.event_type, event.event_id);
+                let (outcome, _) = self.with_retry(&what, || bus.publish(topic.as_str(), &event)).await;
+                self.observe(|| EffectRecord::Publish {
+                    topic: topic.to_string(),
+                    event_type: event.event_type.clone(),
+                    event_id: event.event_id,
+                    stored: true,
+                    outcome: outcome.clone(),
+                });
+                match outcome {
+                    Ok(()) => {
+                        if let Err(e) = store.mark_published(event.event_id, topic).await {
+                            // Not fatal: the relay publishes it again (at least once; consumers de-duplicate).
+                            tracing::warn!(error = %e, event_id = %event.event_id, "could not mark outbox entry published");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "{}: left in the outbox, the relay will publish it", what()),
+                }
+            }
+        }
+    }
+
+    async fn publish_notification<A: Send + 'static>(
         &self,
-        topic: &str,
-        event: SerializedEvent,
-        bus: &dyn composable_rust_core::EventBus,
-        outbox_store: Option<Arc<dyn EventStore>>,
-        on_success: Option<A>,
-        on_error: Option<composable_rust_core::Callback<EventBusError, A>>,
+        publish: Publish<A>,
         feedback: &Feedback<A>,
+        scope: &ExecutionScope,
+        path: &EffectPath,
     ) -> Result<(), EffectFailure> {
-        let what = || format!("publish_event {} {} to {topic}", event.event_type, event.event_id);
-        let (outcome, attempts) = self.with_retry(&what, || bus.publish(topic, &event)).await;
+        let Some(bus) = &self.shared.bus else {
+            return Err(EffectFailure::NotConfigured { kind: "publish", missing: "an event bus", setter: "bus" });
+        };
+        let Publish { topic, mut event, on_error } = publish;
+        if scope.cause.is_some() {
+            event.event_id = scope.event_id(path, 0);
+        }
+        Self::stamp(scope, &mut event);
+        let what = || format!("publish {} {} to {topic}", event.event_type, event.event_id);
+        let (outcome, attempts) = self.with_retry(&what, || bus.publish(topic.as_str(), &event)).await;
         self.observe(|| EffectRecord::Publish {
             topic: topic.to_string(),
             event_type: event.event_type.clone(),
             event_id: event.event_id,
+            stored: false,
             outcome: outcome.clone(),
         });
         match outcome {
-            Ok(()) => {
-                if let Some(store) = outbox_store {
-                    if let Ok(t) = Topic::new(topic) {
-                        if let Err(e) = store.mark_published(event.event_id, &t).await {
-                            // Not fatal: the relay publishes it again (at-least-once; consumers de-duplicate).
-                            tracing::warn!(error = %e, event_id = %event.event_id, "could not mark outbox entry published");
-                        }
-                    }
-                }
-                if let Some(a) = on_success {
-                    feedback(a);
-                }
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(error) => {
-                let note = if outbox_store.is_some() { " (kept in the outbox: the relay will publish it)" } else { "" };
-                dead_letter(&*self.shared.dead_letters, format!("{}{note}", what()), error.to_string(), attempts, Some(event));
-                if let Some(cb) = on_error {
-                    feedback(cb(error.clone()));
-                }
+                dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, Some(event));
+                self.feed("publish", on_error, error.clone(), path, feedback);
                 Err(error.into())
             }
         }
     }
 
-    fn run_other<'a, A: Send + 'static>(
-        &'a self,
-        effect: Effect<A>,
-        feedback: &'a Feedback<A>,
-        scope: &'a ExecutionScope,
-    ) -> BoxFuture<'a, Result<(), EffectFailure>> {
-        async move {
-            match effect {
-                Effect::None => Ok(()),
-                e @ (Effect::EventStore(EventStoreOperation::AppendEvents { .. }) | Effect::PublishEvent { .. }) => {
-                    self.run_sequence(vec![e], feedback, scope).await
-                }
-                Effect::EventStore(EventStoreOperation::LoadEvents { event_store, stream_id, from_version, on_success, on_error }) => {
-                    let what = || format!("load_events of {stream_id}");
-                    let (outcome, _) =
-                        self.with_retry(&what, || composable_rust_core::event_store::read_stream_to_end(&*event_store, &stream_id, from_version)).await;
-                    Self::finish_store_read(outcome, on_success, on_error, feedback)
-                }
-                Effect::EventStore(EventStoreOperation::LoadSnapshot { event_store, stream_id, on_success, on_error }) => {
-                    let what = || format!("load_snapshot of {stream_id}");
-                    let (outcome, _) = self.with_retry(&what, || event_store.load_snapshot(&stream_id)).await;
-                    Self::finish_store_read(outcome, on_success, on_error, feedback)
-                }
-                Effect::EventStore(EventStoreOperation::SaveSnapshot { event_store, snapshot, on_error }) => {
-                    let what = || format!("save_snapshot of {}", snapshot.stream_id);
-                    let (outcome, attempts) = self.with_retry(&what, || event_store.save_snapshot(snapshot.clone())).await;
-                    outcome.map_err(|e| {
-                        dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
-                        if let Some(cb) = on_error {
-                            feedback(cb(e.clone()));
-                        }
-                        e.into()
-                    })
-                }
-                Effect::DispatchCommand { target, command, correlation_id, on_error } => {
-                    let envelope = CommandEnvelope { command_id: scope.next_command_id(), correlation_id, causation_id: scope.causation_id.clone(), command };
-                    let what = || format!("dispatch {:?} to {}", envelope.command, target.name());
-                    let (outcome, attempts) = self.with_retry(&what, || target.handle(&envelope)).await;
-                    self.observe(|| EffectRecord::Dispatch {
-                        target: target.name().to_string(),
-                        command: format!("{:?}", envelope.command),
-                        command_id: envelope.command_id,
-                        outcome: outcome.clone(),
-                    });
-                    match outcome {
-                        Ok(_) => Ok(()),
-                        Err(e) => {
-                            dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
-                            if let Some(cb) = on_error {
-                                feedback(cb(e.clone()));
-                            }
-                            Err(e.into())
-                        }
-                    }
-                }
-                Effect::Future(fut) => {
-                    if let Some(a) = fut.await {
-                        feedback(a);
-                    }
-                    Ok(())
-                }
-                Effect::Delay { duration, action } => {
-                    self.shared.clock.sleep(duration).await;
-                    feedback(*action);
-                    Ok(())
-                }
-                Effect::Sequential(inner) => self.run_sequence(inner, feedback, scope).await,
-                Effect::Parallel(inner) => {
-                    let results = futures::future::join_all(inner.into_iter().map(|e| self.run_sequence(vec![e], feedback, scope))).await;
-                    results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
-                }
-                Effect::Cancellable { id, cancel_in_flight, effect } => {
-                    let (token, registration) = self.shared.cancellations.register(&id, cancel_in_flight);
-                    let outcome = Abortable::new(self.run_sequence(vec![*effect], feedback, scope), registration).await;
-                    self.shared.cancellations.finished(&id, token);
-                    outcome.unwrap_or_else(|_aborted| {
-                        tracing::debug!(id = ?id, "cancellable effect cancelled");
-                        Ok(())
-                    })
-                }
-                Effect::Cancel(id) => {
-                    let n = self.shared.cancellations.cancel(&id);
-                    tracing::debug!(id = ?id, cancelled = n, "cancel");
-                    Ok(())
-                }
-            }
-        }
-        .boxed()
-    }
-
-    fn finish_store_read<T, A>(
-        outcome: Result<T, EventStoreError>,
-        on_success: composable_rust_core::Callback<T, A>,
-        on_error: Option<composable_rust_core::Callback<EventStoreError, A>>,
+    async fn dispatch<A: Send + 'static>(
+        &self,
+        dispatch: Dispatch<A>,
         feedback: &Feedback<A>,
+        scope: &ExecutionScope,
+        path: &EffectPath,
     ) -> Result<(), EffectFailure> {
-        match outcome {
-            Ok(v) => {
-                feedback(on_success(v));
-                Ok(())
+        let Dispatch { command, correlation_id, on_error } = dispatch;
+        let envelope = CommandEnvelope {
+            command_id: scope.command_id(path),
+            correlation_id: correlation_id.or_else(|| scope.correlation_id.clone()),
+            causation_id: scope.causation_id.clone(),
+            command,
+        };
+        let router = &self.shared.commands;
+        let target = router.target_name(&envelope);
+        let what = || format!("dispatch of {:?} to {target}", envelope.command);
+        let handle = || async {
+            let handler = router.route(&envelope)?;
+            match AssertUnwindSafe(handler.handle(&envelope)).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(DispatchError::Panicked { target: handler.name().to_string(), message: panic_message(&*panic) }),
             }
+        };
+        let (outcome, attempts) = self.with_retry(&what, handle).await;
+        self.observe(|| EffectRecord::Dispatch {
+            target: target.clone(),
+            command: format!("{:?}", envelope.command),
+            command_id: envelope.command_id,
+            outcome: outcome.clone(),
+        });
+        match outcome {
+            Ok(_) => Ok(()),
             Err(e) => {
-                if let Some(cb) = on_error {
-                    feedback(cb(e.clone()));
+                if matches!(e, DispatchError::Rejected { .. }) {
+                    tracing::info!(error = %e, "command rejected");
+                } else {
+                    dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
                 }
+                self.feed("dispatch", on_error, e.clone(), path, feedback);
                 Err(e.into())
             }
         }
     }
-}
-
-/// Publish intents for the events of this append that later effects of the same sequence publish.
-fn outbox_intents<A>(events: &[SerializedEvent], later: &[Option<Effect<A>>]) -> Vec<OutboxIntent> {
-    later
-        .iter()
-        .flatten()
-        .filter_map(|e| match e {
-            Effect::PublishEvent { topic, event, .. } if events.iter().any(|x| x.event_id == event.event_id) => {
-                Topic::new(topic).ok().map(|topic| OutboxIntent { topic, event_id: event.event_id })
-            }
-            _ => None,
-        })
-        .collect()
 }

@@ -1,65 +1,182 @@
 //! The outbox relay: publishes what the store's outbox still holds, for when a process died between
-//! persisting events and publishing them.
+//! storing events and publishing them (or a publish failed).
 //!
-//! Delivery is at-least-once: an event published just before a crash (but not yet marked) is
-//! published again. Consumers de-duplicate by event id (the saga runner does).
-//!
-//! The periodic relay ([`spawn_relay`]) leaves alone entries younger than its interval (by the
-//! event's `metadata.timestamp`): those are most likely being published right now by the runtime
-//! that appended them, in this process or another, and publishing them too would only make
-//! duplicates. Anything older is published.
+//! # Guarantees
+//! - **At least once.** Every pending entry is published until the bus accepts it, then marked. An
+//!   event published just before a crash (not yet marked) is published again; consumers de-duplicate
+//!   by event id (the saga runner does).
+//! - **Per entry.** A retryable failure backs that entry off (exponentially, per entry) without
+//!   holding back the others; an entry the bus refuses for good (or still failing after
+//!   [`RelayConfig::max_attempts`]) goes to the dead-letter sink with its event and reason, and is
+//!   marked so it stops coming back.
+//! - **Order** follows the store's positions: entries are taken in outbox order, and once an entry of
+//!   a stream is held back (young, backing off), later entries of that stream wait too in that pass,
+//!   so one stream's events are never published out of order by the relay.
+//! - **No wall clock of the writers.** "Young" is measured from when *this relay first saw* an entry
+//!   ([`RelayConfig::min_age`]), never from the event's timestamp, so a writer with a fast clock
+//!   cannot hold anything back.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use composable_rust_core::{EventBus, EventStore, EventStoreError};
+use composable_rust_core::{EventBus, EventStore, EventStoreError, StreamId, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters, dead_letter};
+use crate::retry::RetryPolicy;
 
 /// What one relay pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayReport {
     /// Entries published and marked.
     pub published: usize,
-    /// Entries whose publish failed (left pending for the next pass).
+    /// Entries whose publish failed this pass (kept, backing off).
     pub failed: usize,
-    /// Whether the pass stopped at an entry younger than its minimum age (left for a later pass).
-    pub deferred: bool,
+    /// Entries dead-lettered (refused for good, or out of attempts) and marked.
+    pub dead_lettered: usize,
+    /// Entries left for a later pass (younger than the minimum age, backing off, or behind such an
+    /// entry of the same stream).
+    pub deferred: usize,
 }
 
-/// Publishes pending outbox entries, `batch` at a time, until none is left or a publish fails.
-pub async fn relay_pending(store: &dyn EventStore, bus: &dyn EventBus, batch: usize) -> Result<RelayReport, EventStoreError> {
-    relay_settled(store, bus, batch, Duration::ZERO).await
+/// How a relay behaves.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Entries read per page (default 256).
+    pub batch: usize,
+    /// Leave entries alone until this relay has known them this long (default zero): they are most
+    /// likely being published right now by the runtime that appended them.
+    pub min_age: Duration,
+    /// Attempts before an entry that keeps failing is dead-lettered (default 10).
+    pub max_attempts: u32,
+    /// Backoff between attempts of one entry.
+    pub backoff: RetryPolicy,
 }
 
-/// Like [`relay_pending`], but stops at the first entry whose event is younger than `min_age`
-/// (entries come oldest first): its publish is probably still under way elsewhere.
-pub async fn relay_settled(store: &dyn EventStore, bus: &dyn EventBus, batch: usize, min_age: Duration) -> Result<RelayReport, EventStoreError> {
-    let mut report = RelayReport::default();
-    let min_age = chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::MAX);
-    loop {
-        let pending = store.pending_publications(batch.max(1)).await?;
-        if pending.is_empty() {
-            return Ok(report);
-        }
-        for p in &pending {
-            if chrono::Utc::now().signed_duration_since(p.event.metadata.timestamp) < min_age {
-                report.deferred = true;
-                return Ok(report);
-            }
-            match bus.publish(p.topic.as_str(), &p.event).await {
-                Ok(()) => {
-                    store.mark_published(p.event.event_id, &p.topic).await?;
-                    report.published += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, event_id = %p.event.event_id, topic = %p.topic, "outbox relay could not publish; will retry");
-                    report.failed += 1;
-                    return Ok(report);
-                }
-            }
-        }
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { batch: 256, min_age: Duration::ZERO, max_attempts: 10, backoff: RetryPolicy::default() }
     }
+}
+
+impl RelayConfig {
+    /// Sets the minimum age.
+    #[must_use]
+    pub fn min_age(mut self, min_age: Duration) -> Self {
+        self.min_age = min_age;
+        self
+    }
+
+    /// Sets the attempts before dead-lettering.
+    #[must_use]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Sets the page size.
+    #[must_use]
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EntryState {
+    first_seen: Instant,
+    attempts: u32,
+    next_try: Instant,
+}
+
+/// A relay with memory of the entries it has seen (first sighting, attempts, backoff).
+pub struct OutboxRelay {
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    config: RelayConfig,
+    entries: HashMap<(Uuid, Topic), EntryState>,
+}
+
+impl OutboxRelay {
+    /// A relay from `store`'s outbox to `bus`, dead-lettering into `dead_letters`.
+    pub fn new(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, dead_letters: Arc<dyn DeadLetterSink>, config: RelayConfig) -> Self {
+        Self { store, bus, dead_letters, config, entries: HashMap::new() }
+    }
+
+    /// One pass: pages through the pending entries while it makes progress.
+    pub async fn pass(&mut self) -> Result<RelayReport, EventStoreError> {
+        let mut report = RelayReport::default();
+        loop {
+            let page = self.store.pending_publications(self.config.batch).await?;
+            if page.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let keys: HashSet<(Uuid, Topic)> = page.iter().map(|p| (p.event.event_id, p.topic.clone())).collect();
+            // Forget entries that left the outbox (marked by someone else).
+            if page.len() < self.config.batch {
+                self.entries.retain(|k, _| keys.contains(k));
+            }
+            let mut held: HashSet<Option<StreamId>> = HashSet::new();
+            let mut progressed = false;
+            for p in &page {
+                let key = (p.event.event_id, p.topic.clone());
+                let state = *self.entries.entry(key.clone()).or_insert(EntryState { first_seen: now, attempts: 0, next_try: now });
+                let stream = p.event.stream_id.clone();
+                let young = now.duration_since(state.first_seen) < self.config.min_age;
+                if young || state.next_try > now || held.contains(&stream) {
+                    held.insert(stream);
+                    report.deferred += 1;
+                    continue;
+                }
+                match self.bus.publish(p.topic.as_str(), &p.event).await {
+                    Ok(()) => {
+                        self.store.mark_published(p.event.event_id, &p.topic).await?;
+                        self.entries.remove(&key);
+                        report.published += 1;
+                        progressed = true;
+                    }
+                    Err(e) if e.is_retryable() && state.attempts + 1 < self.config.max_attempts => {
+                        tracing::warn!(error = %e, event_id = %p.event.event_id, topic = %p.topic, attempt = state.attempts + 1, "outbox relay could not publish; backing off");
+                        let attempts = state.attempts + 1;
+                        let next_try = now + self.config.backoff.backoff_after(attempts);
+                        self.entries.insert(key, EntryState { attempts, next_try, ..state });
+                        held.insert(stream);
+                        report.failed += 1;
+                    }
+                    Err(e) => {
+                        dead_letter(
+                            &*self.dead_letters,
+                            format!("outbox relay: publish of {} {} to {}", p.event.event_type, p.event.event_id, p.topic),
+                            e.to_string(),
+                            state.attempts + 1,
+                            Some(p.event.clone()),
+                        );
+                        self.store.mark_published(p.event.event_id, &p.topic).await?;
+                        self.entries.remove(&key);
+                        report.dead_lettered += 1;
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed || page.len() < self.config.batch {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Publishes every pending outbox entry once (no minimum age): for start-up and tests. Entries that
+/// fail stay pending (retryable) or are dead-lettered into a throw-away sink after
+/// `RelayConfig::default().max_attempts`; use an [`OutboxRelay`] to keep the dead letters.
+pub async fn relay_pending(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>) -> Result<RelayReport, EventStoreError> {
+    OutboxRelay::new(store, bus, Arc::new(InMemoryDeadLetters::default()), RelayConfig::default()).pass().await
 }
 
 /// A relay running every `interval` until stopped.
@@ -76,14 +193,15 @@ impl RelayHandle {
     }
 }
 
-/// Runs [`relay_settled`] at start-up and then every `interval`, leaving entries younger than
-/// `interval` for a later pass.
-pub fn spawn_relay(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, interval: Duration) -> RelayHandle {
+/// Runs `relay` at start-up and then every `interval`.
+pub fn spawn_relay(mut relay: OutboxRelay, interval: Duration) -> RelayHandle {
     let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
-            match relay_settled(&*store, &*bus, 256, interval).await {
-                Ok(r) if r.published > 0 => tracing::info!(published = r.published, "outbox relay published pending events"),
+            match relay.pass().await {
+                Ok(r) if r.published > 0 || r.dead_lettered > 0 => {
+                    tracing::info!(published = r.published, dead_lettered = r.dead_lettered, "outbox relay published pending events");
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox relay could not read the outbox"),
             }

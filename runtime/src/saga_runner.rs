@@ -1,29 +1,45 @@
 //! [`SagaRunner`]: feeds bus deliveries to a [`Saga`], executes its effects, and acknowledges each
-//! delivery only after they succeeded.
+//! delivery only after its durable effects succeeded.
 //!
-//! Guarantees:
-//! - each saga instance (keyed by the correlation id the saga's `decode` returns) lives in the stream
-//!   `saga.{NAME}-{instance}`, holding the actions the saga reduced; any worker rebuilds it by replay;
-//! - a step is recorded (appended with the expected version and an inbox mark for the event)
-//!   **before** its effects run, with an id derived from the delivered event's id: a redelivered event
-//!   is found in the stream (and refused by the inbox) and not applied to the state again. Its effects are derived again from the state before the step and executed
-//!   again (the crash may have happened before they ran); the commands they dispatch carry the same
-//!   ids as the first time, so aggregate handlers skip those already handled;
-//! - concurrent workers on one instance are serialised by the append's expected version: the loser
-//!   reloads and decides again;
-//! - unknown event types are skipped with a warning and acknowledged; undecodable payloads are
-//!   dead-lettered and acknowledged; retryable failures are negatively acknowledged (redelivered) up
-//!   to a bound, then dead-lettered.
+//! # Guarantees
+//! - **Instances.** Each saga instance (keyed by the id the saga's `decode` returns) lives in the
+//!   stream `saga.{NAME}-{instance}`, holding the actions it reduced; any worker rebuilds it by replay.
+//! - **Recorded before run.** A step is recorded (appended with the expected version and an inbox
+//!   mark for the event) **before** its effects run, under an id derived from the delivered event's
+//!   id. A redelivered event is found in the stream and not applied to the state again; its effects
+//!   are derived again from the state before the step and executed again (the crash may have
+//!   happened before they ran). Every id they use (command ids, ids of events the saga appends or
+//!   publishes, follow-up step ids) is derived from the step id and the effect's path, so they land
+//!   once however often the step runs.
+//! - **Follow-ups.** An action fed back by an effect (an `on_error` compensation, a `Delay` coming
+//!   due) is a follow-up step of the same instance, recorded under an id derived from its cause and
+//!   the effect's path, with the same rules: a follow-up recorded before a crash has its effects run
+//!   again on redelivery.
+//! - **What acknowledgement covers.** The effects of a step up to the first *waiting* effect of each
+//!   sequence (`Delay`, `Run`, or a composite holding one), and the follow-up steps those fed back.
+//!   The waiting effect and everything after it in its sequence run detached: the worker takes the
+//!   next delivery at once, and what they feed back is handled as a later follow-up step. In-memory
+//!   timers are lost when the process dies; on a redelivery, detached effects are started again only
+//!   if no later step of the instance was recorded.
+//! - **Cancellation** ids are scoped to the instance: `Effect::cancel("timeout")` in one instance
+//!   never touches another's.
+//! - Concurrent workers (and detached follow-ups) on one instance are serialised by the append's
+//!   expected version: the loser reloads and decides again.
+//! - Unknown event types are skipped with a warning and acknowledged; undecodable payloads and
+//!   panicking reducers are dead-lettered and acknowledged; retryable failures are negatively
+//!   acknowledged (redelivered) up to a bound, then dead-lettered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::event_store::read_stream_to_end;
 use composable_rust_core::{
-    AppendRequest, CodecError, EventBus, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent, StreamId,
-    StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
+    AppendRequest, CodecError, Effect, EffectPath, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent,
+    StreamId, StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
 };
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -31,7 +47,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::dead_letter::dead_letter;
-use crate::executor::{EffectFailure, ExecutionScope, Executor, Feedback};
+use crate::executor::{EffectFailure, ExecutionScope, Executor, Feedback, panic_message};
+use crate::tracker::Tracker;
 
 /// Namespace for step ids (UUID v5), so that the same event gives the same step id in every process.
 const SAGA_STEP_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_4a3e_8f7b_4c59_9d0e_52b1_0c7e_a001);
@@ -53,6 +70,7 @@ pub enum StepOutcome {
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SagaError {
     /// The event is of a type the saga handles, but its payload cannot be decoded.
     #[error("saga {saga}: cannot decode event {event_type} {event_id}: {source}")]
@@ -112,6 +130,22 @@ pub enum SagaError {
         /// Attempts.
         attempts: u32,
     },
+    /// The saga's reducer panicked (on the step or while replaying the instance).
+    #[error("saga {saga}: the reducer panicked: {message}")]
+    Panicked {
+        /// Saga name.
+        saga: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// The executor has no event store or no bus.
+    #[error("saga {saga}: the executor needs {missing}: give it with Executor::builder()")]
+    NotConfigured {
+        /// Saga name.
+        saga: &'static str,
+        /// What is missing.
+        missing: &'static str,
+    },
     /// Subscribing failed.
     #[error("saga {saga}: {source}")]
     Bus {
@@ -127,13 +161,13 @@ impl SagaError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SagaError::Store { source, .. } => source.is_retryable(),
-            SagaError::Effect { source, .. } => match source {
-                EffectFailure::Store(e) => e.is_retryable() || matches!(e, EventStoreError::ConcurrencyConflict { .. }),
-                EffectFailure::Bus(e) => e.is_retryable(),
-                EffectFailure::Dispatch(e) => e.is_retryable(),
-            },
+            SagaError::Effect { source, .. } => source.is_retryable(),
             SagaError::TooManyConflicts { .. } | SagaError::Bus { .. } => true,
-            SagaError::Undecodable { .. } | SagaError::InvalidInstance { .. } | SagaError::CorruptRecord { .. } => false,
+            SagaError::Undecodable { .. }
+            | SagaError::InvalidInstance { .. }
+            | SagaError::CorruptRecord { .. }
+            | SagaError::Panicked { .. }
+            | SagaError::NotConfigured { .. } => false,
         }
     }
 }
@@ -182,15 +216,19 @@ impl SagaStats {
 
 /// Runs one saga worker. Several workers (in one or many processes) may share the consumer group.
 pub struct SagaRunner<S: Saga> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: Saga> {
     saga: S,
     env: S::Environment,
     store: Arc<dyn EventStore>,
-    bus: Arc<dyn EventBus>,
     executor: Executor,
     group: String,
     max_attempts: u32,
     max_deliveries: u32,
     stats: Arc<SagaStats>,
+    detached: Tracker,
 }
 
 /// Controls a spawned saga worker.
@@ -217,23 +255,45 @@ impl SagaRunnerHandle {
 }
 
 impl<S: Saga> SagaRunner<S> {
-    /// A worker in consumer group `saga-{NAME}`.
-    pub fn new(saga: S, env: S::Environment, store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, executor: Executor) -> Self {
-        Self { saga, env, store, bus, executor, group: format!("saga-{}", S::NAME), max_attempts: 16, max_deliveries: 5, stats: Arc::default() }
+    /// A worker in consumer group `saga-{NAME}`, recording steps in `executor`'s store and running
+    /// effects through `executor` (its bus and command router).
+    ///
+    /// # Panics
+    /// If `executor` has no event store: saga instances live in it.
+    pub fn new(saga: S, env: S::Environment, executor: Executor) -> Self {
+        let store = Arc::clone(executor.store().expect("a SagaRunner needs an executor with an event store: Executor::builder().store(..)"));
+        Self {
+            inner: Arc::new(Inner {
+                saga,
+                env,
+                store,
+                executor,
+                group: format!("saga-{}", S::NAME),
+                max_attempts: 16,
+                max_deliveries: 5,
+                stats: Arc::default(),
+                detached: Tracker::new(),
+            }),
+        }
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Inner<S>)) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure a SagaRunner before it runs");
+        f(inner);
+        self
     }
 
     /// Uses another consumer group name.
     #[must_use]
-    pub fn with_group(mut self, group: impl Into<String>) -> Self {
-        self.group = group.into();
-        self
+    pub fn with_group(self, group: impl Into<String>) -> Self {
+        let group = group.into();
+        self.configure(|i| i.group = group)
     }
 
     /// How many times a delivery is attempted before it is dead-lettered (default 5).
     #[must_use]
-    pub fn with_max_deliveries(mut self, n: u32) -> Self {
-        self.max_deliveries = n.max(1);
-        self
+    pub fn with_max_deliveries(self, n: u32) -> Self {
+        self.configure(|i| i.max_deliveries = n.max(1))
     }
 
     /// The stream of an instance.
@@ -246,56 +306,58 @@ impl<S: Saga> SagaRunner<S> {
         Uuid::new_v5(&SAGA_STEP_NAMESPACE, format!("{}/{event_id}", S::NAME).as_bytes())
     }
 
+    /// The id of the follow-up step fed back by the effect at `path` of step `cause`.
+    pub fn follow_up_id(cause: Uuid, path: &EffectPath) -> Uuid {
+        let mut name = b"follow-up".to_vec();
+        name.extend(path.to_bytes());
+        Uuid::new_v5(&cause, &name)
+    }
+
     /// Rebuilds an instance's state from its stream.
     pub async fn load_instance(&self, instance_id: &str) -> Result<S::State, SagaError> {
         let stream = Self::instance_stream(instance_id)?;
-        Ok(self.replay(instance_id, &stream, None).await?.state)
+        Ok(self.inner.replay(instance_id, &stream, None).await?.state)
+    }
+
+    /// Detached effects (delays, futures) and the follow-ups they feed back, still running.
+    pub fn detached_in_flight(&self) -> usize {
+        self.inner.detached.in_flight()
+    }
+
+    /// Waits until no detached effect or follow-up is running (tests; a long delay makes it wait long).
+    pub async fn detached_settled(&self) {
+        self.inner.detached.idle().await;
     }
 
     /// Handles one event: decode, load the instance, record the step, execute its effects.
     pub async fn handle_event(&self, event: &SerializedEvent) -> Result<StepOutcome, SagaError> {
+        self.inner.handle_event(event).await
+    }
+
+    /// Subscribes (the subscription is live when this returns) and spawns the worker loop.
+    pub async fn spawn(self) -> Result<SagaRunnerHandle, SagaError> {
+        let inner = self.inner;
+        let bus = Arc::clone(inner.executor.bus().ok_or(SagaError::NotConfigured { saga: S::NAME, missing: "an event bus" })?);
+        let topics = inner.saga.topics();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let stream = bus.subscribe_with(&refs, SubscribeOptions::group(inner.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::clone(&inner.stats);
+        let task = tokio::spawn(Inner::run_loop(inner, stream, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME)));
+        Ok(SagaRunnerHandle { stop, task, stats })
+    }
+}
+
+impl<S: Saga> Inner<S> {
+    async fn handle_event(self: &Arc<Self>, event: &SerializedEvent) -> Result<StepOutcome, SagaError> {
         let Some(input) = self.decode(event)? else {
             tracing::warn!(event_type = %event.event_type, event_id = %event.event_id, saga = S::NAME, "event type not handled by this saga, skipped");
             return Ok(StepOutcome::Skipped);
         };
-        let stream = Self::instance_stream(&input.instance_id)?;
-        let step_id = Self::step_id(event.event_id);
-        let mut action = Some(input.action);
-        for attempt in 1..=self.max_attempts {
-            let replayed = self.replay(&input.instance_id, &stream, Some(step_id)).await?;
-            let mut state = replayed.state;
-            let Some(a) = action.take().or_else(|| self.decode(event).ok().flatten().map(|i| i.action)) else {
-                return Ok(StepOutcome::Skipped);
-            };
-            if replayed.found_step {
-                tracing::debug!(step = %step_id, "event already applied; executing its effects again (idempotent)");
-                let effects = self.saga.reduce(&mut state, a, &self.env).into_vec();
-                self.execute(effects, step_id, &stream, &input.instance_id, &mut state).await?;
-                return Ok(StepOutcome::Duplicate);
-            }
-            let metadata = EventMetadata::now().with_correlation_id(input.instance_id.clone()).with_causation_id(event.event_id.to_string());
-            let payload =
-                encode_payload(&a).map_err(|source| SagaError::CorruptRecord { saga: S::NAME, stream: stream.clone(), record_id: step_id, source })?;
-            let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload, Some(metadata)).with_event_id(step_id);
-            let effects = self.saga.reduce(&mut state, a, &self.env).into_vec();
-            // The inbox mark makes "this saga handled this event" part of the same atomic append.
-            let request = AppendRequest::new(stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record])
-                .with_inbox(format!("saga.{}", S::NAME), event.event_id);
-            match self.store.append(request).await {
-                Ok(r) if r.duplicate => {
-                    tracing::debug!(attempt, "another worker recorded this step concurrently; reloading");
-                }
-                Ok(_) => {
-                    self.execute(effects, step_id, &stream, &input.instance_id, &mut state).await?;
-                    return Ok(StepOutcome::Applied);
-                }
-                Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
-                    tracing::debug!(attempt, "saga instance changed concurrently or the event was handled meanwhile; reloading");
-                }
-                Err(source) => return Err(SagaError::Store { saga: S::NAME, source }),
-            }
-        }
-        Err(SagaError::TooManyConflicts { saga: S::NAME, stream, attempts: self.max_attempts })
+        let stream = SagaRunner::<S>::instance_stream(&input.instance_id)?;
+        let step_id = SagaRunner::<S>::step_id(event.event_id);
+        let step = Step { instance_id: input.instance_id, stream, id: step_id, inbox: Some(event.event_id), causation: event.event_id.to_string() };
+        Arc::clone(self).handle_step(step, input.action).await
     }
 
     fn decode(&self, event: &SerializedEvent) -> Result<Option<composable_rust_core::SagaInput<S::Action>>, SagaError> {
@@ -307,90 +369,130 @@ impl<S: Saga> SagaRunner<S> {
         })
     }
 
-    async fn replay(&self, instance_id: &str, stream: &StreamId, stop_at: Option<Uuid>) -> Result<Replayed<S::State>, SagaError> {
+    fn reduce(&self, state: &mut S::State, action: S::Action) -> Result<Vec<Effect<S::Action>>, SagaError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.saga.reduce(state, action, &self.env).into_vec()))
+            .map_err(|panic| SagaError::Panicked { saga: S::NAME, message: panic_message(&*panic) })
+    }
+
+    /// Records and runs one step (a delivered event or a follow-up), or, if it was recorded before,
+    /// runs its effects again.
+    fn handle_step(self: Arc<Self>, step: Step, action: S::Action) -> BoxFuture<'static, Result<StepOutcome, SagaError>> {
+        async move {
+            let corrupt = |source| SagaError::CorruptRecord { saga: S::NAME, stream: step.stream.clone(), record_id: step.id, source };
+            let payload = encode_payload(&action).map_err(corrupt)?;
+            let mut action = Some(action);
+            for attempt in 1..=self.max_attempts {
+                let replayed = self.replay(&step.instance_id, &step.stream, Some(step.id)).await?;
+                let mut state = replayed.state;
+                if let Some(recorded) = replayed.found {
+                    tracing::debug!(step = %step.id, "step already recorded; executing its effects again (idempotent)");
+                    let effects = self.reduce(&mut state, recorded)?;
+                    Arc::clone(&self).execute(effects, &step, !replayed.later).await?;
+                    return Ok(StepOutcome::Duplicate);
+                }
+                let a = match action.take() {
+                    Some(a) => a,
+                    None => decode_payload(&payload).map_err(corrupt)?,
+                };
+                let metadata = EventMetadata::now().with_correlation_id(step.instance_id.clone()).with_causation_id(step.causation.clone());
+                let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload.clone(), Some(metadata)).with_event_id(step.id);
+                let effects = self.reduce(&mut state, a)?;
+                let mut request = AppendRequest::new(step.stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]);
+                if let Some(event_id) = step.inbox {
+                    // The inbox mark makes "this saga handled this event" part of the same atomic append.
+                    request = request.with_inbox(format!("saga.{}", S::NAME), event_id);
+                }
+                match self.store.append(request).await {
+                    Ok(r) if r.duplicate => tracing::debug!(attempt, "another worker recorded this step concurrently; reloading"),
+                    Ok(_) => {
+                        Arc::clone(&self).execute(effects, &step, true).await?;
+                        return Ok(StepOutcome::Applied);
+                    }
+                    Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
+                        tracing::debug!(attempt, "saga instance changed concurrently or the event was handled meanwhile; reloading");
+                    }
+                    Err(source) => return Err(SagaError::Store { saga: S::NAME, source }),
+                }
+            }
+            Err(SagaError::TooManyConflicts { saga: S::NAME, stream: step.stream.clone(), attempts: self.max_attempts })
+        }
+        .boxed()
+    }
+
+    async fn replay(&self, instance_id: &str, stream: &StreamId, stop_at: Option<Uuid>) -> Result<Replayed<S::State, S::Action>, SagaError> {
         let records = read_stream_to_end(&*self.store, stream, Version(1)).await.map_err(|source| SagaError::Store { saga: S::NAME, source })?;
         let mut state = self.saga.initial_state(instance_id);
         let version = records.last().and_then(|r| r.stream_version).unwrap_or_default();
-        for record in &records {
-            if Some(record.event_id) == stop_at {
-                return Ok(Replayed { state, version, found_step: true });
-            }
+        for (k, record) in records.iter().enumerate() {
             let action: S::Action = decode_payload(&record.data).map_err(|source| SagaError::CorruptRecord {
                 saga: S::NAME,
                 stream: stream.clone(),
                 record_id: record.event_id,
                 source,
             })?;
-            // Replaying rebuilds state only; the effects were executed when the step was first handled.
-            let _ = self.saga.reduce(&mut state, action, &self.env);
+            if Some(record.event_id) == stop_at {
+                return Ok(Replayed { state, version, found: Some(action), later: k + 1 < records.len() });
+            }
+            // Replaying rebuilds state only; the effects ran when the step was first handled.
+            let _ = self.reduce(&mut state, action)?;
         }
-        Ok(Replayed { state, version, found_step: false })
+        Ok(Replayed { state, version, found: None, later: false })
     }
 
-    /// Executes a step's effects, then the actions they fed back (each recorded as a follow-up step
-    /// with a derived id, so they too are applied once).
-    async fn execute(
-        &self,
-        effects: Vec<composable_rust_core::Effect<S::Action>>,
-        step_id: Uuid,
-        stream: &StreamId,
-        instance_id: &str,
-        state: &mut S::State,
-    ) -> Result<(), SagaError> {
-        let fed_back: Arc<Mutex<Vec<S::Action>>> = Arc::default();
-        let sink = Arc::clone(&fed_back);
-        let feedback: Feedback<S::Action> = Arc::new(move |a| sink.lock().push(a));
-        let mut pending = vec![(step_id, effects)];
-        let mut follow_ups = 0u32;
-        while let Some((id, effects)) = pending.pop() {
-            let scope = ExecutionScope::deterministic(id, Some(id.to_string()));
-            let result = self.executor.run(effects, &feedback, &scope).await;
-            let next: Vec<S::Action> = std::mem::take(&mut *fed_back.lock());
-            if let Err(source) = result {
-                if next.is_empty() {
-                    return Err(SagaError::Effect { saga: S::NAME, source });
+    /// Executes a step's effects (its waiting effects detached unless `with_waiting` is false),
+    /// then records and runs the follow-up steps fed back meanwhile, in path order.
+    async fn execute(self: Arc<Self>, effects: Vec<Effect<S::Action>>, step: &Step, with_waiting: bool) -> Result<(), SagaError> {
+        let effects: Vec<_> = if with_waiting { effects } else { effects.into_iter().take_while(|e| !e.waits()).collect() };
+        if effects.is_empty() {
+            return Ok(());
+        }
+        // While the step's own run is in progress, fed-back actions are collected and handled before
+        // the acknowledgement; after it, a detached effect's action starts a follow-up of its own.
+        let collected: Arc<Mutex<Option<Vec<(EffectPath, S::Action)>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+        let feedback: Feedback<S::Action> = {
+            let collected = Arc::clone(&collected);
+            let runner = Arc::downgrade(&self);
+            let step = step.clone();
+            Arc::new(move |path, action| {
+                let mut slot = collected.lock();
+                if let Some(v) = slot.as_mut() {
+                    v.push((path, action));
+                    return;
                 }
-                tracing::info!(error = %source, "effect failed; the saga handles it with the action fed back");
+                drop(slot);
+                let Some(runner) = runner.upgrade() else { return };
+                let follow_up = step.follow_up(SagaRunner::<S>::follow_up_id(step.id, &path));
+                let guard = runner.detached.enter();
+                tokio::spawn(async move {
+                    let what = format!("saga {} follow-up {} of {}", S::NAME, follow_up.id, follow_up.stream);
+                    if let Err(e) = Arc::clone(&runner).handle_step(follow_up, action).await {
+                        dead_letter(&**runner.executor.dead_letters(), what, e.to_string(), 1, None);
+                    }
+                    drop(guard);
+                });
+            })
+        };
+        let scope = ExecutionScope::caused_by(step.id)
+            .with_correlation_id(step.instance_id.clone())
+            .with_cancel_scope(step.stream.as_str())
+            .detach_waiting(self.detached.clone());
+        let result = self.executor.run(effects, &feedback, &scope).await;
+        let mut fed_back = collected.lock().take().unwrap_or_default();
+        if let Err(source) = result {
+            if fed_back.is_empty() {
+                return Err(SagaError::Effect { saga: S::NAME, source });
             }
-            for action in next {
-                follow_ups += 1;
-                let follow_id = Uuid::new_v5(&step_id, &follow_ups.to_be_bytes());
-                let payload = encode_payload(&action).map_err(|source| SagaError::CorruptRecord {
-                    saga: S::NAME,
-                    stream: stream.clone(),
-                    record_id: follow_id,
-                    source,
-                })?;
-                let metadata = EventMetadata::now().with_correlation_id(instance_id).with_causation_id(step_id.to_string());
-                let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload, Some(metadata)).with_event_id(follow_id);
-                let appended = self
-                    .store
-                    .append(AppendRequest::new(stream.clone(), ExpectedVersion::Any, vec![record]))
-                    .await
-                    .map_err(|source| SagaError::Store { saga: S::NAME, source })?;
-                if appended.duplicate {
-                    continue;
-                }
-                let effects = self.saga.reduce(state, action, &self.env).into_vec();
-                pending.push((follow_id, effects));
-            }
+            tracing::info!(error = %source, "effect failed; the saga handles it with the action fed back");
+        }
+        fed_back.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, action) in fed_back {
+            let follow_up = step.follow_up(SagaRunner::<S>::follow_up_id(step.id, &path));
+            Arc::clone(&self).handle_step(follow_up, action).await?;
         }
         Ok(())
     }
 
-    /// Subscribes (the subscription is live when this returns) and spawns the worker loop.
-    pub async fn spawn(self) -> Result<SagaRunnerHandle, SagaError> {
-        let topics = self.saga.topics();
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let stream =
-            self.bus.subscribe_with(&refs, SubscribeOptions::group(self.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
-        let (stop, stop_rx) = watch::channel(false);
-        let stats = Arc::clone(&self.stats);
-        let task = tokio::spawn(self.run_loop(stream, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME)));
-        Ok(SagaRunnerHandle { stop, task, stats })
-    }
-
-    async fn run_loop(self, mut stream: composable_rust_core::EventStream, mut stop: watch::Receiver<bool>) {
+    async fn run_loop(self: Arc<Self>, mut stream: composable_rust_core::EventStream, mut stop: watch::Receiver<bool>) {
         loop {
             let item = tokio::select! {
                 biased;
@@ -420,7 +522,7 @@ impl<S: Saga> SagaRunner<S> {
         tracing::info!("saga worker stopped");
     }
 
-    async fn handle_delivery(&self, delivery: composable_rust_core::Delivery) {
+    async fn handle_delivery(self: &Arc<Self>, delivery: composable_rust_core::Delivery) {
         let event = delivery.event();
         let span = tracing::info_span!("saga_step", event_type = %event.event_type, event_id = %event.event_id, attempt = delivery.attempt());
         let outcome = self.handle_event(event).instrument(span).await;
@@ -459,8 +561,27 @@ impl<S: Saga> SagaRunner<S> {
     }
 }
 
-struct Replayed<S> {
+/// One step of an instance: a delivered event (with its inbox mark) or a follow-up.
+#[derive(Debug, Clone)]
+struct Step {
+    instance_id: String,
+    stream: StreamId,
+    id: Uuid,
+    inbox: Option<Uuid>,
+    causation: String,
+}
+
+impl Step {
+    fn follow_up(&self, id: Uuid) -> Step {
+        Step { instance_id: self.instance_id.clone(), stream: self.stream.clone(), id, inbox: None, causation: self.id.to_string() }
+    }
+}
+
+struct Replayed<S, A> {
     state: S,
     version: Version,
-    found_step: bool,
+    /// The recorded action of the step looked for, if it was found.
+    found: Option<A>,
+    /// Whether steps were recorded after it.
+    later: bool,
 }

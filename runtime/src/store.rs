@@ -9,7 +9,12 @@
 //! - [`EffectHandle::finish`] waits for the effects an action started, the actions they fed back,
 //!   and their effects, transitively;
 //! - after [`Store::shutdown`] begins, `send` is refused, in-flight effects get a grace period to finish
-//!   and are then cancelled.
+//!   and are then cancelled;
+//! - a reducer that panics does not wedge the store: the panic is caught, the action is reported
+//!   ([`StoreError::ReducerPanicked`] to its sender, a dead letter in any case) and the store keeps
+//!   serving (the state is whatever the reducer left before panicking). A panicking effect is
+//!   dead-lettered by the executor;
+//! - `Effect::None` costs nothing: a `reduce` returning only `None`s starts no task.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -26,10 +31,19 @@ use crate::tracker::{Tracker, TrackerGuard};
 
 /// Why the store refused an action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shutting down and takes no new actions")]
     ShuttingDown,
+    /// The reducer panicked on the action; the store goes on serving the next actions.
+    #[error("the reducer panicked on {action}: {message}; the store keeps serving, fix the reducer")]
+    ReducerPanicked {
+        /// The action, rendered with `Debug` when it implements it (else its type).
+        action: String,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// Waits for what one `send` started.
@@ -123,7 +137,7 @@ impl<R: Reducer> Store<R> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(StoreError::ShuttingDown);
         }
-        Ok(self.enqueue(action, None))
+        self.enqueue(action, None)
     }
 
     /// Reads the state.
@@ -137,6 +151,11 @@ impl<R: Reducer> Store<R> {
         R::State: Clone,
     {
         self.with_state(Clone::clone)
+    }
+
+    /// The executor running this store's effects (its store, bus and command router).
+    pub fn executor(&self) -> &Executor {
+        &self.shared.executor
     }
 
     /// The environment.
@@ -169,26 +188,27 @@ impl<R: Reducer> Store<R> {
     }
 
     /// `tracker`: the handle of the action that (transitively) caused this one, if any.
-    fn enqueue(&self, action: R::Action, tracker: Option<Tracker>) -> EffectHandle {
+    fn enqueue(&self, action: R::Action, tracker: Option<Tracker>) -> Result<EffectHandle, StoreError> {
         {
             let mut queue = self.shared.queue.lock();
             if queue.draining {
                 let t = tracker.unwrap_or_default();
                 let guard = t.enter();
                 queue.pending.push_back((action, t.clone(), guard));
-                return EffectHandle { tracker: Some(t) };
+                return Ok(EffectHandle { tracker: Some(t) });
             }
             queue.draining = true;
         }
         // This caller drains: its own action first (the queue was empty), then whatever others
         // queued meanwhile, in arrival order.
-        let effects = self.reduce_locked(action);
-        let handle = if effects.is_empty() {
-            EffectHandle { tracker }
-        } else {
-            let t = tracker.unwrap_or_default();
-            self.spawn_effects(effects, t.clone());
-            EffectHandle { tracker: Some(t) }
+        let handle = match self.reduce_locked(action) {
+            Ok(effects) if has_work(&effects) => {
+                let t = tracker.unwrap_or_default();
+                self.spawn_effects(effects, t.clone());
+                Ok(EffectHandle { tracker: Some(t) })
+            }
+            Ok(_) => Ok(EffectHandle { tracker }),
+            Err(e) => Err(e),
         };
         loop {
             let next = {
@@ -200,23 +220,27 @@ impl<R: Reducer> Store<R> {
                 next
             };
             let Some((queued, t, guard)) = next else { break };
-            let effects = self.reduce_locked(queued);
-            if !effects.is_empty() {
-                self.spawn_effects(effects, t);
+            // A queued action's panic has no sender waiting: reduce_locked dead-letters it.
+            if let Ok(effects) = self.reduce_locked(queued) {
+                if has_work(&effects) {
+                    self.spawn_effects(effects, t);
+                }
             }
             drop(guard);
         }
         handle
     }
 
-    fn reduce_locked(&self, action: R::Action) -> Effects<R::Action> {
+    fn reduce_locked(&self, action: R::Action) -> Result<Effects<R::Action>, StoreError> {
         let mut state = self.shared.state.lock();
-        self.reduce(&mut state, action)
-    }
-
-    fn reduce(&self, state: &mut R::State, action: R::Action) -> Effects<R::Action> {
         let _span = tracing::trace_span!("reduce", reducer = std::any::type_name::<R>()).entered();
-        self.shared.reducer.reduce(state, action, &self.shared.env)
+        let action_name = std::any::type_name::<R::Action>();
+        let reduced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.shared.reducer.reduce(&mut state, action, &self.shared.env)));
+        reduced.map_err(|panic| {
+            let message = crate::executor::panic_message(&*panic);
+            crate::dead_letter::dead_letter(&**self.shared.executor.dead_letters(), format!("reduce of a {action_name}"), message.clone(), 1, None);
+            StoreError::ReducerPanicked { action: action_name.to_string(), message }
+        })
     }
 
     fn spawn_effects(&self, effects: Effects<R::Action>, tracker: Tracker) {
@@ -227,7 +251,7 @@ impl<R: Reducer> Store<R> {
         self.shared.runtime.spawn(async move {
             let feedback_store = store.clone();
             let feedback_tracker = tracker.clone();
-            let feedback: Feedback<R::Action> = Arc::new(move |a| {
+            let feedback: Feedback<R::Action> = Arc::new(move |_path, a| {
                 // Actions fed back are queued with the originating action's tracker, so its
                 // `finish()` also waits for them.
                 let _ = feedback_store.enqueue(a, Some(feedback_tracker.clone()));
@@ -246,4 +270,9 @@ impl<R: Reducer> Store<R> {
             drop(store_guard);
         });
     }
+}
+
+/// Whether any effect needs running (`Effect::None` alone starts no task).
+fn has_work<A>(effects: &Effects<A>) -> bool {
+    effects.iter().any(|e| !matches!(e, composable_rust_core::Effect::None))
 }

@@ -85,6 +85,19 @@ impl TestClock {
     }
 }
 
+struct Deregister {
+    inner: std::sync::Weak<Mutex<Inner>>,
+    seq: u64,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.lock().sleepers.retain(|s| s.seq != self.seq);
+        }
+    }
+}
+
 /// Lets other tasks on the (current-thread) test runtime run until they block.
 pub(crate) async fn settle() {
     for _ in 0..32 {
@@ -102,16 +115,20 @@ impl Clock for TestClock {
             return futures::future::ready(()).boxed();
         }
         let (wake, woken) = oneshot::channel();
-        {
+        let seq = {
             let mut inner = self.inner.lock();
             let deadline = inner.now + chrono::Duration::from_std(duration).expect("duration fits");
             let seq = inner.next_seq;
             inner.next_seq += 1;
             inner.sleepers.push(Sleeper { deadline, seq, wake });
-        }
+            seq
+        };
+        // A sleep dropped before it was woken (a cancelled delay) leaves the clock's list.
+        let guard = Deregister { inner: Arc::downgrade(&self.inner), seq };
         async move {
             // A dropped clock never wakes its sleepers; that is what an unadvanced clock means.
             let _ = woken.await;
+            drop(guard);
         }
         .boxed()
     }

@@ -4,8 +4,8 @@
 
 use std::fmt::Debug;
 
-use composable_rust_core::inspect::{self, AppendView, PublishView};
-use composable_rust_core::{Effect, Reducer, Saga, SerializedEvent};
+use composable_rust_core::inspect;
+use composable_rust_core::{Append, Effect, Publish, Reducer, Saga, SerializedEvent};
 
 use crate::diff::debug_diff;
 
@@ -65,13 +65,13 @@ pub struct Outcome<R: Reducer> {
 }
 
 impl<R: Reducer> Outcome<R> {
-    /// Asserts the commands of type `C` dispatched, in order, with their targets' names.
+    /// Asserts the commands of type `C` dispatched, in order.
     #[track_caller]
-    pub fn expect_commands<C: PartialEq + Debug + 'static>(&self, expected: &[(&str, C)]) -> &Self {
+    pub fn expect_commands<C: PartialEq + Debug + 'static>(&self, expected: &[C]) -> &Self {
         let actual = inspect::commands::<C, _>(&self.effects);
-        let matches = actual.len() == expected.len() && actual.iter().zip(expected).all(|((t, c), (et, ec))| t == et && *c == ec);
+        let matches = actual.len() == expected.len() && actual.iter().zip(expected).all(|(c, e)| *c == e);
         if !matches {
-            let expected: Vec<(&str, &C)> = expected.iter().map(|(t, c)| (*t, c)).collect();
+            let expected: Vec<&C> = expected.iter().collect();
             panic!("dispatched commands differ\n{}", debug_diff(&expected, &actual));
         }
         self
@@ -82,7 +82,7 @@ impl<R: Reducer> Outcome<R> {
     pub fn expect_no_commands(&self) -> &Self {
         let mut n = 0;
         inspect::for_each_leaf(&self.effects, &mut |e| {
-            if matches!(e, Effect::DispatchCommand { .. }) {
+            if matches!(e, Effect::Dispatch(_)) {
                 n += 1;
             }
         });
@@ -90,9 +90,30 @@ impl<R: Reducer> Outcome<R> {
         self
     }
 
-    /// Asserts the state.
+    /// Asserts the whole state equals `expected` (a diff on failure).
     #[track_caller]
-    pub fn expect_state(&self, check: impl FnOnce(&R::State)) -> &Self {
+    pub fn expect_state(&self, expected: &R::State) -> &Self
+    where
+        R::State: PartialEq + Debug,
+    {
+        assert!(*expected == self.state, "state differs from the expected state\n{}", debug_diff(expected, &self.state));
+        self
+    }
+
+    /// Asserts the effects returned equal `expected` (effects compare as data; callbacks by
+    /// presence).
+    #[track_caller]
+    pub fn expect_effects(&self, expected: &[Effect<R::Action>]) -> &Self
+    where
+        R::Action: PartialEq + Debug,
+    {
+        assert!(expected == self.effects.as_slice(), "effects differ\n{}", debug_diff(&expected, &self.effects.as_slice()));
+        self
+    }
+
+    /// Runs a custom check on the state.
+    #[track_caller]
+    pub fn check_state(&self, check: impl FnOnce(&R::State)) -> &Self {
         check(&self.state);
         self
     }
@@ -103,12 +124,12 @@ impl<R: Reducer> Outcome<R> {
     }
 
     /// The appends returned.
-    pub fn appends(&self) -> Vec<AppendView<'_>> {
+    pub fn appends(&self) -> Vec<&Append<R::Action>> {
         inspect::appends(&self.effects)
     }
 
-    /// The publishes returned.
-    pub fn publishes(&self) -> Vec<PublishView<'_>> {
+    /// The publishes (of events not stored) returned.
+    pub fn publishes(&self) -> Vec<&Publish<R::Action>> {
         inspect::publishes(&self.effects)
     }
 }

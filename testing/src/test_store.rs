@@ -3,26 +3,34 @@
 //!
 //! - [`TestStore::send`] reduces an action and asserts the **whole** state equals the state before,
 //!   mutated by your closure; a mismatch fails with a line diff.
-//! - Effects run for real on the runtime's executor (so their order and failure semantics are the
-//!   production ones), on a [`TestClock`], with the environment you give (typically the in-memory
-//!   store and bus). Actions they feed back are queued; [`TestStore::receive`] asserts the next one
-//!   and the state change it makes.
-//! - Store, bus and dispatch effects are recorded ([`TestStore::effect_log`]).
-//! - Dropping the store with unreceived actions or effects still running (say a `Delay` whose time
-//!   never came) fails the test, listing them. [`TestStore::non_exhaustive`] relaxes the first rule.
+//! - Effects run for real through the runtime's [`Executor`], the same entry point the production
+//!   `Store` uses (same order, outbox and failure rules), on a [`TestClock`], against an in-memory
+//!   store and bus (or the ones you give). Each action's effects run on a task of their own, as in
+//!   the `Store` and as a saga runner runs a step's waiting effects, so a `Delay` never holds back
+//!   later actions. Dispatched commands go to the handlers you register
+//!   ([`TestStore::commands`]); commands of other types are accepted and recorded
+//!   ([`TestStore::dispatched`]).
+//! - Time is virtual only: [`TestStore::receive`] never waits on the wall clock. If no action was
+//!   fed back once every running effect is blocked, it fails at once and names the effects still
+//!   running (advance the clock with [`TestStore::advance`]).
+//! - Ending the test with unreceived actions, effects still running (named) or an effect that
+//!   panicked fails it. [`TestStore::non_exhaustive`] relaxes the first rule.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use composable_rust_core::{Effects, Reducer};
-use composable_rust_runtime::{EffectObserver, EffectRecord, ExecutionScope, Executor, Feedback, RetryPolicy, Tracker};
+use composable_rust_core::{CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Effect, Effects, EventBus, EventStore, Reducer};
+use composable_rust_runtime::{CommandRouter, DeadLetterSink, EffectFailure, EffectObserver, EffectRecord, ExecutionScope, Executor, Feedback, InMemoryDeadLetters, RetryPolicy};
+use futures::FutureExt;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::clock::{TestClock, settle};
 use crate::diff::debug_diff;
+use crate::{InMemoryEventBus, InMemoryEventStore};
 
 #[derive(Default)]
 struct Recorder {
@@ -35,9 +43,31 @@ impl EffectObserver for Recorder {
     }
 }
 
-struct Received<A> {
-    queue: Mutex<VecDeque<A>>,
-    arrived: Notify,
+/// Accepts every command routed to it and records it (the default for command types the test
+/// registered no handler for).
+#[derive(Default)]
+struct AcceptAll {
+    commands: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl CommandHandler for AcceptAll {
+    fn name(&self) -> &str {
+        "test-store"
+    }
+
+    async fn handle(&self, envelope: &CommandEnvelope) -> Result<CommandOutcome, DispatchError> {
+        self.commands.lock().push(format!("{:?}", envelope.command));
+        Ok(CommandOutcome::HANDLED)
+    }
+}
+
+struct Shared<A> {
+    received: Mutex<VecDeque<A>>,
+    /// Effect runs still going, by run number: what they are.
+    running: Mutex<BTreeMap<u64, String>>,
+    panics: Mutex<Vec<String>>,
+    next_run: AtomicU64,
 }
 
 /// A store for tests. See the module docs.
@@ -49,13 +79,15 @@ where
     reducer: Arc<R>,
     env: Arc<R::Environment>,
     state: R::State,
-    received: Arc<Received<R::Action>>,
-    in_flight: Tracker,
+    shared: Arc<Shared<R::Action>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     executor: Executor,
+    router: CommandRouter,
+    accept_all: Arc<AcceptAll>,
     clock: TestClock,
     recorder: Arc<Recorder>,
+    dead_letters: Arc<InMemoryDeadLetters>,
     exhaustive: bool,
-    timeout: Duration,
 }
 
 impl<R: Reducer> TestStore<R>
@@ -63,7 +95,8 @@ where
     R::State: Clone + PartialEq + Debug,
     R::Action: PartialEq + Debug,
 {
-    /// A test store with a fresh [`TestClock`] and no retries (failures show up at once).
+    /// A test store with a fresh [`TestClock`], an in-memory store and bus, and no retries
+    /// (failures show up at once).
     pub fn new(initial_state: R::State, reducer: R, env: R::Environment) -> Self {
         Self::with_clock(initial_state, reducer, env, TestClock::new())
     }
@@ -71,20 +104,56 @@ where
     /// A test store on a given clock (share it with the environment if the reducer reads time).
     pub fn with_clock(initial_state: R::State, reducer: R, env: R::Environment, clock: TestClock) -> Self {
         let recorder = Arc::new(Recorder::default());
-        let executor =
-            Executor::builder().clock(Arc::new(clock.clone())).retry(RetryPolicy::NONE).observer(Arc::clone(&recorder) as Arc<dyn EffectObserver>).build();
+        let router = CommandRouter::new();
+        let accept_all = Arc::new(AcceptAll::default());
+        router.set_fallback(Arc::clone(&accept_all) as Arc<dyn CommandHandler>);
+        let dead_letters = Arc::new(InMemoryDeadLetters::default());
+        let executor = Self::build_executor(&clock, &recorder, &router, &dead_letters, Arc::new(InMemoryEventStore::new()), Arc::new(InMemoryEventBus::new()));
         Self {
             reducer: Arc::new(reducer),
             env: Arc::new(env),
             state: initial_state,
-            received: Arc::new(Received { queue: Mutex::new(VecDeque::new()), arrived: Notify::new() }),
-            in_flight: Tracker::new(),
+            shared: Arc::new(Shared {
+                received: Mutex::new(VecDeque::new()),
+                running: Mutex::new(BTreeMap::new()),
+                panics: Mutex::new(Vec::new()),
+                next_run: AtomicU64::new(0),
+            }),
+            tasks: Vec::new(),
             executor,
+            router,
+            accept_all,
             clock,
             recorder,
+            dead_letters,
             exhaustive: true,
-            timeout: Duration::from_secs(2),
         }
+    }
+
+    fn build_executor(
+        clock: &TestClock,
+        recorder: &Arc<Recorder>,
+        router: &CommandRouter,
+        dead_letters: &Arc<InMemoryDeadLetters>,
+        store: Arc<dyn EventStore>,
+        bus: Arc<dyn EventBus>,
+    ) -> Executor {
+        Executor::builder()
+            .dead_letters(Arc::clone(dead_letters) as Arc<dyn DeadLetterSink>)
+            .clock(Arc::new(clock.clone()))
+            .retry(RetryPolicy::NONE)
+            .observer(Arc::clone(recorder) as Arc<dyn EffectObserver>)
+            .commands(router.clone())
+            .store(store)
+            .bus(bus)
+            .build()
+    }
+
+    /// Runs effects against `store` and `bus` instead of fresh in-memory ones.
+    #[must_use]
+    pub fn with_backends(mut self, store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>) -> Self {
+        self.executor = Self::build_executor(&self.clock, &self.recorder, &self.router, &self.dead_letters, store, bus);
+        self
     }
 
     /// Allows ending the test with actions not received and sending while some are queued.
@@ -94,16 +163,30 @@ where
         self
     }
 
-    /// How long (real time) `receive` waits for an effect to feed an action back (default 2 s).
-    #[must_use]
-    pub fn with_receive_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// The clock driving `Delay` and backoff.
     pub fn clock(&self) -> &TestClock {
         &self.clock
+    }
+
+    /// The router dispatched commands go through: register the handlers the test needs (e.g. an
+    /// `AggregateHandler` built on [`TestStore::executor`]).
+    pub fn commands(&self) -> &CommandRouter {
+        &self.router
+    }
+
+    /// The executor effects run on (its store and bus are the test's).
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Dead letters recorded by the effects (failed for good, panicked callbacks).
+    pub fn dead_letters(&self) -> Vec<composable_rust_runtime::DeadLetter> {
+        self.dead_letters.letters()
+    }
+
+    /// Commands of types with no registered handler, accepted and recorded, `Debug`-rendered.
+    pub fn dispatched(&self) -> Vec<String> {
+        self.accept_all.commands.lock().clone()
     }
 
     /// The current state.
@@ -121,7 +204,7 @@ where
         self.recorder.records.lock().clone()
     }
 
-    /// `(topic, event_type)` of every successful publish so far.
+    /// `(topic, event_type)` of every successful publish so far (stored events and notifications).
     pub fn published(&self) -> Vec<(String, String)> {
         self.effect_log()
             .into_iter()
@@ -137,7 +220,7 @@ where
     #[track_caller]
     pub fn send(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State)) -> &mut Self {
         if self.exhaustive {
-            let queued = self.received.queue.lock();
+            let queued = self.shared.received.lock();
             assert!(
                 queued.is_empty(),
                 "send({action:?}) while {} fed-back action(s) were not received yet: {:?}\nreceive them first (or use non_exhaustive())",
@@ -150,17 +233,12 @@ where
         self
     }
 
-    /// Waits for the next action fed back by an effect, asserts it equals `action`, reduces it and
-    /// asserts the state like [`TestStore::send`].
+    /// Takes the next action fed back by an effect (letting running effects make progress on
+    /// virtual time), asserts it equals `action`, reduces it and asserts the state like
+    /// [`TestStore::send`].
     pub async fn receive(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State)) -> &mut Self {
-        let got = self.next_received().await;
-        match got {
-            None => panic!(
-                "receive({action:?}): no action arrived within {:?}; effects in flight: {}, clock sleepers: {} (advance the TestClock if an effect waits on it)",
-                self.timeout,
-                self.in_flight.in_flight(),
-                self.clock.pending_sleepers()
-            ),
+        match self.next_received().await {
+            None => panic!("receive({action:?}): no action was fed back\n{}", self.running_report()),
             Some(got) if got != action => panic!("receive: the next action fed back differs from the expected one\n{}", debug_diff(&action, &got)),
             Some(got) => {
                 let description = format!("receive({got:?})");
@@ -170,43 +248,83 @@ where
         self
     }
 
+    /// Like [`TestStore::receive`], for the next action that satisfies `matches` (`matches!(a,
+    /// Action::Loaded(_))`): useful when the action carries values the test cannot predict.
+    pub async fn receive_matching(&mut self, what: &str, matches: impl FnOnce(&R::Action) -> bool, expected: impl FnOnce(&mut R::State)) -> &mut Self {
+        match self.next_received().await {
+            None => panic!("receive_matching({what}): no action was fed back\n{}", self.running_report()),
+            Some(got) if !matches(&got) => panic!("receive_matching({what}): the next action fed back does not match: {got:#?}"),
+            Some(got) => {
+                let description = format!("receive({got:?})");
+                self.reduce_and_assert(got, expected, &description);
+            }
+        }
+        self
+    }
+
+    /// Drops the actions fed back and not received yet (they are not reduced).
+    pub async fn skip_received_actions(&mut self) -> &mut Self {
+        settle().await;
+        self.shared.received.lock().clear();
+        self
+    }
+
+    /// Cancels every effect still running.
+    pub async fn skip_in_flight_effects(&mut self) -> &mut Self {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        settle().await;
+        self.shared.running.lock().clear();
+        self
+    }
+
     /// Moves the [`TestClock`] forward, running delayed effects that come due.
     pub async fn advance(&mut self, by: Duration) {
         self.clock.advance(by).await;
     }
 
-    /// Waits until running effects finish or block on the clock.
+    /// Lets running effects make progress until they finish or block on the clock.
     pub async fn settle(&self) {
         settle().await;
     }
 
-    /// Asserts nothing is pending: every fed-back action received and no effect running.
+    /// Asserts nothing is pending: every fed-back action received, no effect running, no panic.
     pub async fn finish(mut self) {
         settle().await;
-        let _ = tokio::time::timeout(Duration::from_millis(50), self.in_flight.idle()).await;
         self.check_finished();
         self.exhaustive = false;
-        self.in_flight = Tracker::new();
+        self.shared.running.lock().clear();
+        self.shared.panics.lock().clear();
+        self.dead_letters = Arc::new(InMemoryDeadLetters::default());
     }
 
     async fn next_received(&self) -> Option<R::Action> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let arrived = self.received.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if let Some(a) = self.received.queue.lock().pop_front() {
-                return Some(a);
-            }
-            if self.in_flight.in_flight() == 0 {
-                return None;
-            }
-            tokio::select! {
-                () = arrived => {}
-                () = self.in_flight.idle() => {}
-                () = tokio::time::sleep_until(deadline) => return self.received.queue.lock().pop_front(),
+        if let Some(a) = self.shared.received.lock().pop_front() {
+            return Some(a);
+        }
+        // Virtual time only: effects that can make progress do so now; what is still running
+        // afterwards is blocked (on the clock, or on something that never answers).
+        settle().await;
+        self.shared.received.lock().pop_front()
+    }
+
+    fn running_report(&self) -> String {
+        let running = self.shared.running.lock();
+        let panics = self.shared.panics.lock();
+        let mut out = String::new();
+        if running.is_empty() {
+            out.push_str("no effect is running");
+        } else {
+            out.push_str(&format!("{} effect run(s) still running ({} sleeping on the TestClock: advance it?):", running.len(), self.clock.pending_sleepers()));
+            for what in running.values() {
+                out.push_str(&format!("\n  - {what}"));
             }
         }
+        for p in panics.iter() {
+            out.push_str(&format!("\n  an effect panicked: {p}"));
+        }
+        out
     }
 
     #[track_caller]
@@ -215,31 +333,40 @@ where
         expected(&mut expected_state);
         let effects = self.reducer.reduce(&mut self.state, action, &self.env);
         assert!(expected_state == self.state, "{description}: state differs from the expected state\n{}", debug_diff(&expected_state, &self.state));
-        self.spawn(effects);
+        self.spawn(effects, description);
     }
 
-    fn spawn(&self, effects: Effects<R::Action>) {
-        if effects.is_empty() {
+    fn spawn(&mut self, effects: Effects<R::Action>, cause: &str) {
+        if effects.iter().all(|e| matches!(e, Effect::None)) {
             return;
         }
-        let guard = self.in_flight.enter();
-        let received = Arc::clone(&self.received);
+        let run = self.shared.next_run.fetch_add(1, Ordering::Relaxed);
+        let what = format!("{} (effects of {cause})", effects.iter().map(Effect::describe).collect::<Vec<_>>().join(", then "));
+        self.shared.running.lock().insert(run, what.clone());
+        let shared = Arc::clone(&self.shared);
         let executor = self.executor.clone();
-        tokio::spawn(async move {
-            let feedback: Feedback<R::Action> = Arc::new(move |a| {
-                received.queue.lock().push_back(a);
-                received.arrived.notify_one();
-            });
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(async move {
+            let sink = Arc::clone(&shared);
+            let feedback: Feedback<R::Action> = Arc::new(move |_path, a| sink.received.lock().push_back(a));
             let scope = ExecutionScope::default();
-            let _ = executor.run(effects.into_vec(), &feedback, &scope).await;
-            drop(guard);
-        });
+            let outcome = AssertUnwindSafe(executor.run(effects.into_vec(), &feedback, &scope)).catch_unwind().await;
+            match outcome {
+                Err(panic) => {
+                    let message = panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                    shared.panics.lock().push(format!("{what}: {message}"));
+                }
+                Ok(Err(failure @ EffectFailure::Panicked { .. })) => shared.panics.lock().push(format!("{what}: {failure}")),
+                Ok(_) => {}
+            }
+            shared.running.lock().remove(&run);
+        }));
     }
 
     fn check_finished(&self) {
         let mut problems = Vec::new();
         if self.exhaustive {
-            let queued = self.received.queue.lock();
+            let queued = self.shared.received.lock();
             if !queued.is_empty() {
                 problems.push(format!(
                     "{} action(s) fed back but never received:\n{}",
@@ -248,12 +375,20 @@ where
                 ));
             }
         }
-        let running = self.in_flight.in_flight();
-        if running > 0 {
+        let running = self.shared.running.lock();
+        if !running.is_empty() {
             problems.push(format!(
-                "{running} effect(s) still running ({} waiting on the TestClock): advance the clock, cancel them, or receive their actions",
-                self.clock.pending_sleepers()
+                "{} effect run(s) still running ({} waiting on the TestClock): advance the clock, cancel them, or receive their actions:\n{}",
+                running.len(),
+                self.clock.pending_sleepers(),
+                running.values().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n")
             ));
+        }
+        for p in self.shared.panics.lock().iter() {
+            problems.push(format!("an effect panicked: {p}"));
+        }
+        for letter in self.dead_letters.letters().iter().filter(|l| l.what.starts_with("callback of")) {
+            problems.push(format!("a {} panicked: {}", letter.what, letter.error));
         }
         assert!(problems.is_empty(), "TestStore ended with unfinished work:\n{}", problems.join("\n"));
     }
@@ -265,6 +400,9 @@ where
     R::Action: PartialEq + Debug,
 {
     fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
         if !std::thread::panicking() {
             self.check_finished();
         }
