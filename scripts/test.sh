@@ -38,14 +38,23 @@ cargo --version
 rustc --version
 
 step "stock clients for the interop tests (PyPI, installed if missing)"
-pip_ensure() { # module package
-  if ! python3 -c "import $1" >/dev/null 2>&1; then
-    echo "installing $2"
-    python3 -m pip install -q --disable-pip-version-check "$2"
+# pip_ensure MODULE ATTRIBUTE PACKAGE: installs PACKAGE unless MODULE imports and has ATTRIBUTE.
+# The check runs from / : from the repository root, `import nats` would find the `nats/` crate
+# directory as a namespace package and succeed with no client installed; the attribute check
+# catches any such empty namespace package too.
+pip_has() { # module attribute
+  (cd / && python3 -c "import $1, sys; sys.exit(0 if hasattr($1, '$2') else 1)") >/dev/null 2>&1
+}
+pip_ensure() { # module attribute package
+  if ! pip_has "$1" "$2"; then
+    echo "installing $3"
+    python3 -m pip install -q --disable-pip-version-check "$3"
+    pip_has "$1" "$2" || { echo "python3 still cannot import $1.$2 after installing $3" >&2; exit 1; }
   fi
 }
-pip_ensure zenoh eclipse-zenoh
-pip_ensure confluent_kafka confluent-kafka
+pip_ensure zenoh open eclipse-zenoh
+pip_ensure confluent_kafka Producer confluent-kafka
+pip_ensure nats connect nats-py
 
 step "servers (Zenoh needs none: its tests run embedded sessions and peers on loopback)"
 if [ -n "${KAFKA_BROKERS:-}" ]; then

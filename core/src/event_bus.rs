@@ -23,32 +23,149 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::Stream;
 
+use uuid::Uuid;
+
 use crate::event::{CodecError, SerializedEvent};
 use crate::topic::{Topic, TopicError};
 
-/// Errors of an event bus.
+/// The underlying error of a bus failure: the client library's error (async-nats, rdkafka, zenoh,
+/// ...) or, where there is none, a plain message ([`BusCause::msg`]).
+///
+/// Cheap to clone (shared). Its `Display` and `source` are those of the error it wraps, so error
+/// reports show the client's own message and chain. Two causes are equal when their messages are
+/// (client errors are rarely comparable themselves); use [`BusCause::downcast_ref`] to get the
+/// client's error back.
+#[derive(Clone)]
+pub struct BusCause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+/// A cause given as a message only.
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+/// A client error with a word on what was being done.
+#[derive(Debug)]
+struct Context {
+    context: String,
+    source: BusCause,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl BusCause {
+    /// Wraps a client's error (a `BusCause` is taken as it is, not wrapped again).
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
+        if let Some(cause) = (&error as &dyn std::any::Any).downcast_ref::<BusCause>() {
+            return cause.clone();
+        }
+        Self(Arc::new(error))
+    }
+
+    /// Wraps a boxed error (e.g. `async_nats::Error`, zenoh's `ZError`).
+    pub fn from_boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(Arc::from(error))
+    }
+
+    /// A cause with no underlying error: only `message`.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self(Arc::new(Message(message.into())))
+    }
+
+    /// `error`, shown after what was being done: `context: error`. The error stays the source.
+    pub fn context(context: impl Into<String>, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(Context { context: context.into(), source: Self::new(error) }))
+    }
+
+    /// The first error of type `E` in the chain of this cause (the wrapped error, then its sources).
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*self.0);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = match error.downcast_ref::<BusCause>() {
+                Some(cause) => Some(&*cause.0),
+                None => error.source(),
+            };
+        }
+        None
+    }
+
+    /// The wrapped error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Display for BusCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for BusCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BusCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for BusCause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for BusCause {}
+
+/// Errors of an event bus. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventBusError {
     /// A topic or pattern is malformed.
     #[error(transparent)]
     InvalidTopic(#[from] TopicError),
     /// The bus did not accept the event.
-    #[error("publish to {topic} failed: {reason}")]
+    #[error("publish to {topic} failed: {source}{}", if *retryable { "; publishing again may succeed" } else { "; publishing the same event again will fail the same way" })]
     PublishFailed {
         /// Target topic.
         topic: String,
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
         /// Whether publishing the same event again may succeed.
         retryable: bool,
     },
     /// The subscription could not be set up.
-    #[error("subscribe to {patterns:?} failed: {reason}")]
+    #[error("subscribe to {patterns:?} failed: {source}")]
     SubscribeFailed {
         /// The requested patterns.
         patterns: Vec<String>,
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
     },
     /// The subscriber fell behind and `missed` events were dropped for it. Consumers that need every
     /// event must rebuild from the event store (the bus is not the source of truth).
@@ -68,17 +185,19 @@ pub enum EventBusError {
         /// Why it could not be decoded.
         source: CodecError,
     },
-    /// Acknowledging a delivery failed.
-    #[error("acknowledgement failed: {reason}")]
+    /// Acknowledging a delivery failed; the delivery may come again (at-least-once).
+    #[error("acknowledgement failed: {source}; the delivery may be delivered again")]
     AckFailed {
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
     },
     /// The bus cannot be reached right now; retrying later may succeed.
-    #[error("event bus unavailable: {reason}; check that the broker is running and reachable")]
+    #[error("event bus unavailable: {source}; check that the broker is running and reachable")]
     Unavailable {
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
     },
     /// `nack` on a delivery that cannot be redelivered (a live, exclusive listener).
     #[error(
@@ -91,6 +210,37 @@ pub enum EventBusError {
 }
 
 impl EventBusError {
+    /// [`EventBusError::PublishFailed`] caused by `source` (a client error, or [`BusCause::msg`]).
+    pub fn publish_failed(topic: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static, retryable: bool) -> Self {
+        EventBusError::PublishFailed { topic: topic.into(), source: BusCause::new(source), retryable }
+    }
+
+    /// [`EventBusError::SubscribeFailed`] caused by `source` (a client error, or [`BusCause::msg`]).
+    pub fn subscribe_failed(patterns: impl IntoIterator<Item = impl AsRef<str>>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EventBusError::SubscribeFailed { patterns: patterns.into_iter().map(|p| p.as_ref().to_owned()).collect(), source: BusCause::new(source) }
+    }
+
+    /// [`EventBusError::AckFailed`] caused by `source` (a client error, or [`BusCause::msg`]).
+    pub fn ack_failed(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EventBusError::AckFailed { source: BusCause::new(source) }
+    }
+
+    /// [`EventBusError::Unavailable`] caused by `source` (a client error, or [`BusCause::msg`]).
+    pub fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EventBusError::Unavailable { source: BusCause::new(source) }
+    }
+
+    /// The underlying client error, for the variants that have one.
+    pub fn cause(&self) -> Option<&BusCause> {
+        match self {
+            EventBusError::PublishFailed { source, .. }
+            | EventBusError::SubscribeFailed { source, .. }
+            | EventBusError::AckFailed { source }
+            | EventBusError::Unavailable { source } => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -128,20 +278,52 @@ impl SubscribeOptions {
         Self { group: ConsumerGroup::Exclusive }
     }
 
-    /// The default used by [`EventBus::subscribe`]: a group named deterministically from the sorted
-    /// patterns, `composable-rust-{p1}-{p2}...`, so every process subscribing to the same topics
-    /// shares one group.
+    /// The default used by [`EventBus::subscribe`]: the group [`default_group_name`] names after the
+    /// patterns, so every process subscribing to the same set of topics shares one group.
     pub fn for_topics(patterns: &[&str]) -> Self {
         Self::group(default_group_name(patterns))
     }
 }
 
-/// `composable-rust-` followed by the sorted, de-duplicated patterns joined by `-`.
+/// Namespace of the hash in default group names. Changing it renames every default group (and so
+/// makes durable buses start them afresh): never change it.
+const GROUP_NAME_NAMESPACE: Uuid = Uuid::from_u128(0x3d6c_52a1_8f0e_4b7a_9c21_5e44_d0b3_7f18);
+
+/// Longest readable part of a default group name, so that the whole name stays within 64 characters.
+const GROUP_NAME_READABLE_LEN: usize = 31;
+
+/// The default consumer group of a subscription to `patterns`, e.g.
+/// `composable-rust-order.events-payment.events-0f3a9c2e51b7d468`: a readable part (the sorted,
+/// de-duplicated patterns joined by `-`, wildcards and characters outside `[A-Za-z0-9._-]` shown as
+/// `_`, cut at 31 characters) and 16 hex digits of a UUID v5 (SHA-1) of the set itself, each pattern
+/// length-prefixed, so two different sets never share a group (`["a-b", "c"]` and `["a", "b-c"]`
+/// read alike but differ in the hash). Order and repetition of the patterns do not matter.
+///
+/// The name is the same in every process and with every Rust version (no `std` hasher), at most 64
+/// characters of `[A-Za-z0-9._-]`: a valid Kafka group id, and a NATS durable name once the NATS bus
+/// replaces its dots.
+///
+/// Earlier versions named the group `composable-rust-{p1}-{p2}...` with no hash. A deployment whose
+/// durable groups have those names keeps their progress by subscribing with
+/// `SubscribeOptions::group(old name)`; otherwise the new group starts afresh.
 pub fn default_group_name(patterns: &[&str]) -> String {
     let mut sorted: Vec<&str> = patterns.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    format!("composable-rust-{}", sorted.join("-"))
+    let mut encoded = Vec::with_capacity(sorted.iter().map(|p| p.len() + 8).sum());
+    for p in &sorted {
+        encoded.extend_from_slice(&u64::try_from(p.len()).unwrap_or(u64::MAX).to_be_bytes());
+        encoded.extend_from_slice(p.as_bytes());
+    }
+    let digest = Uuid::new_v5(&GROUP_NAME_NAMESPACE, &encoded).as_u128() >> 64;
+    let readable: String = sorted
+        .join("-")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .take(GROUP_NAME_READABLE_LEN)
+        .collect();
+    let readable = readable.trim_end_matches(['.', '_', '-']);
+    if readable.is_empty() { format!("composable-rust-{digest:016x}") } else { format!("composable-rust-{readable}-{digest:016x}") }
 }
 
 /// A published event with its topic: what a bus hands to subscribers. Shared (`Arc`) between all
@@ -290,8 +472,79 @@ mod tests {
 
     #[test]
     fn default_group_is_deterministic_and_order_independent() {
-        assert_eq!(default_group_name(&["payment.events", "order.events"]), "composable-rust-order.events-payment.events");
+        // Pinned: a default group must keep its name across processes, releases and Rust versions, or
+        // durable buses would start it afresh (re-reading or skipping events).
+        assert_eq!(default_group_name(&["payment.events", "order.events"]), "composable-rust-order.events-payment.events-51ac348092275f3d");
         assert_eq!(default_group_name(&["order.events", "payment.events", "order.events"]), default_group_name(&["payment.events", "order.events"]));
+    }
+
+    #[test]
+    fn distinct_pattern_sets_get_distinct_default_groups() {
+        // Joined with `-`, both sets used to read `a-b-c`: two unrelated subscriptions then shared one
+        // group and each received only part of its events.
+        assert_ne!(default_group_name(&["a-b", "c"]), default_group_name(&["a", "b-c"]));
+        assert_ne!(default_group_name(&["a.b", "c"]), default_group_name(&["a", "b.c"]));
+        // Same readable part (wildcards are shown as `_`, long names are cut), different sets.
+        assert_ne!(default_group_name(&["a.*"]), default_group_name(&["a._"]));
+        assert_ne!(default_group_name(&["a.>"]), default_group_name(&["a.*"]));
+        let long = "x".repeat(40);
+        assert_ne!(default_group_name(&[&format!("{long}.a")]), default_group_name(&[&format!("{long}.b")]));
+    }
+
+    #[test]
+    fn default_group_names_are_valid_on_every_bus() {
+        let long = format!("{}.>", "segment".repeat(30));
+        for patterns in [&["order.events"][..], &["shop.*.events", "shop.audit.>"], &[&long], &[">"], &["*"]] {
+            let name = default_group_name(patterns);
+            // Kafka group ids and (dots aside, which the NATS bus replaces) NATS durable names.
+            assert!(name.len() <= 64, "{name} is {} characters", name.len());
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')), "{name}");
+            assert!(!name.contains("--") && !name.ends_with('-'), "{name}");
+        }
+        assert_eq!(default_group_name(&[">"]).len(), "composable-rust-".len() + 16, "a pattern with nothing readable gets the hash alone");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn default_group_names_differ_exactly_when_the_sets_do(
+            a in proptest::collection::vec("[ab.*>-]{1,4}", 1..4),
+            b in proptest::collection::vec("[ab.*>-]{1,4}", 1..4),
+        ) {
+            let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<String>>();
+            let name = |v: &[String]| default_group_name(&v.iter().map(String::as_str).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(name(&a) == name(&b), set(&a) == set(&b), "{:?} vs {:?}", a, b);
+        }
+    }
+
+    #[test]
+    fn bus_errors_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = EventBusError::unavailable(io);
+        let source = std::error::Error::source(&err).expect("the client error is the source");
+        assert_eq!(source.to_string(), "connection refused");
+        assert_eq!(err.cause().and_then(BusCause::downcast_ref::<std::io::Error>).map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused));
+        assert!(err.to_string().contains("connection refused") && err.to_string().contains("check that the broker is running"), "{err}");
+        assert!(err.is_retryable());
+
+        // With context: the message says what was being done; the client error is still in the chain.
+        let err = EventBusError::subscribe_failed(["a.b"], BusCause::context("creating consumer", std::io::Error::other("boom")));
+        assert_eq!(err.to_string(), "subscribe to [\"a.b\"] failed: creating consumer: boom");
+        assert!(err.cause().and_then(BusCause::downcast_ref::<std::io::Error>).is_some());
+
+        // A plain message, and a cause passed on is not wrapped twice.
+        let cause = BusCause::msg("broker down (test)");
+        let err = EventBusError::publish_failed("t", cause.clone(), false);
+        assert_eq!(err.cause(), Some(&cause));
+        assert!(std::error::Error::source(&cause).is_none());
+        assert!(!err.is_retryable());
+        assert!(err.to_string().starts_with("publish to t failed: broker down (test)"), "{err}");
+        assert_eq!(EventBusError::ack_failed(BusCause::new(cause.clone())), EventBusError::AckFailed { source: cause });
+
+        // Clone and equality by message.
+        let a = EventBusError::unavailable(std::io::Error::other("x"));
+        assert_eq!(a.clone(), a);
+        assert_eq!(a, EventBusError::unavailable(BusCause::msg("x")));
+        assert_ne!(a, EventBusError::unavailable(BusCause::msg("y")));
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //!   [`EventStoreError::EventIdReused`];
 //! - [`EventStore::read_all`] returns events in commit order and never skips one that commits late;
 //! - outbox intents passed with an append are stored in the same atomic step and stay pending until
-//!   [`EventStore::mark_published`].
+//!   [`EventStore::mark_published`];
+//! - [`EventStore::prune`] deletes only outbox entries published, and inbox marks recorded, before its
+//!   horizon: never a pending outbox entry, an event or a snapshot.
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -162,8 +165,125 @@ pub struct PendingPublication {
     pub event: SerializedEvent,
 }
 
-/// Errors of an event store.
+/// The underlying error of an [`EventStoreError::Unavailable`] or [`EventStoreError::Backend`]: the
+/// database client's error (sqlx, ...) or, where there is none, a plain message ([`StoreCause::msg`]).
+///
+/// Cheap to clone (shared). Its `Display` and `source` are those of the error it wraps, so error
+/// reports show the client's own message and chain. Two causes are equal when their messages are
+/// (client errors are rarely comparable themselves); use [`StoreCause::downcast_ref`] to get the
+/// client's error back.
+#[derive(Clone)]
+pub struct StoreCause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+/// A cause given as a message only.
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+/// A client error followed by what it means or what to do.
+#[derive(Debug)]
+struct Hinted {
+    source: StoreCause,
+    hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.hint)
+    }
+}
+
+impl std::error::Error for Hinted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl StoreCause {
+    /// Wraps a client's error (a `StoreCause` is taken as it is, not wrapped again).
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
+        let any: Box<dyn std::any::Any> = Box::new(error);
+        match any.downcast::<StoreCause>() {
+            Ok(cause) => *cause,
+            Err(any) => match any.downcast::<E>() {
+                Ok(error) => Self(Arc::new(*error)),
+                Err(_) => unreachable!("the box holds an E"),
+            },
+        }
+    }
+
+    /// Wraps a boxed error.
+    pub fn from_boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(Arc::from(error))
+    }
+
+    /// A cause with no underlying error: only `message`.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self(Arc::new(Message(message.into())))
+    }
+
+    /// `error`, followed by what it means or what to do: `error: hint`. The error stays the source.
+    pub fn with_hint(error: impl std::error::Error + Send + Sync + 'static, hint: impl Into<String>) -> Self {
+        Self(Arc::new(Hinted { source: Self::new(error), hint: hint.into() }))
+    }
+
+    /// The first error of type `E` in the chain of this cause (the wrapped error, then its sources).
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*self.0);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = match error.downcast_ref::<StoreCause>() {
+                Some(cause) => Some(&*cause.0),
+                None => error.source(),
+            };
+        }
+        None
+    }
+
+    /// The wrapped error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Display for StoreCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for StoreCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StoreCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for StoreCause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for StoreCause {}
+
+/// Errors of an event store. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventStoreError {
     /// The stream was not at the expected version. Not retryable as is: reload the stream, decide
     /// again, append with the new version.
@@ -216,24 +336,61 @@ pub enum EventStoreError {
         reason: String,
     },
     /// The store could not be reached or timed out; retrying later may succeed.
-    #[error("event store unavailable: {reason}; check that the database is running and reachable")]
+    #[error("event store unavailable: {source}; check that the database is running and reachable, then retry")]
     Unavailable {
-        /// The underlying error.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: StoreCause,
     },
-    /// Any other backend failure.
-    #[error("event store failure: {reason}")]
+    /// Any other backend failure; retrying the same request will most likely fail the same way.
+    #[error("event store failure: {source}")]
     Backend {
-        /// The underlying error.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: StoreCause,
     },
 }
 
 impl EventStoreError {
+    /// [`EventStoreError::Unavailable`] caused by `source` (a client error, or [`StoreCause::msg`]).
+    pub fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EventStoreError::Unavailable { source: StoreCause::new(source) }
+    }
+
+    /// [`EventStoreError::Backend`] caused by `source` (a client error, or [`StoreCause::msg`]).
+    pub fn backend(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        EventStoreError::Backend { source: StoreCause::new(source) }
+    }
+
+    /// The underlying client error, for the variants that have one.
+    pub fn cause(&self) -> Option<&StoreCause> {
+        match self {
+            EventStoreError::Unavailable { source } | EventStoreError::Backend { source } => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same request later may succeed. A concurrency conflict is not retryable as
     /// is (the command must be decided again on fresh state).
     pub fn is_retryable(&self) -> bool {
         matches!(self, EventStoreError::Unavailable { .. })
+    }
+}
+
+/// What [`EventStore::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Outbox entries that had been marked published before the horizon.
+    pub outbox_rows: u64,
+    /// Inbox marks recorded before the horizon.
+    pub inbox_marks: u64,
+}
+
+impl PruneReport {
+    /// A report of `outbox_rows` outbox entries and `inbox_marks` inbox marks deleted.
+    pub fn new(outbox_rows: u64, inbox_marks: u64) -> Self {
+        Self { outbox_rows, inbox_marks }
     }
 }
 
@@ -263,6 +420,23 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Marks an outbox entry published. Marking an unknown or already published entry is not an error.
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError>;
+
+    /// Retention: deletes the outbox entries marked published before `horizon` and the inbox marks
+    /// recorded before `horizon`, and says how many of each. Published outbox entries and inbox marks
+    /// are otherwise kept forever; call this periodically (e.g. with `now - 7 days`) to bound them.
+    ///
+    /// Never deletes a pending outbox entry (whatever its age), an event or a snapshot. Times are
+    /// those the store recorded when the entry was marked published or the mark was stored: the
+    /// database server's clock for PostgreSQL, this machine's for SQLite and the in-memory store.
+    ///
+    /// **What pruning an inbox mark means for de-duplication:** the inbox no longer remembers that
+    /// the consumer handled that event. A redelivery of an event whose mark was pruned, i.e. one
+    /// handled before `horizon`, is not refused with [`EventStoreError::AlreadyProcessed`] any more:
+    /// an append carrying the same mark is stored (only appends with the very same event ids are still
+    /// recognised, as idempotent retries). Choose a horizon older than the longest time a bus may
+    /// redeliver an event (its retention or redelivery window), so that no redelivery is still
+    /// possible for the marks that go.
+    async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError>;
 }
 
 /// Decides what an append whose event ids are already (partly) stored is: `stored` holds those
@@ -315,3 +489,48 @@ pub async fn read_stream_to_end(store: &dyn EventStore, stream_id: &StreamId, fr
 
 /// A shared event store handle.
 pub type SharedEventStore = Arc<dyn EventStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = EventStoreError::unavailable(io);
+        let source = std::error::Error::source(&err).expect("the client error is the source");
+        assert_eq!(source.to_string(), "connection refused");
+        assert_eq!(err.cause().and_then(StoreCause::downcast_ref::<std::io::Error>).map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused));
+        assert!(err.to_string().contains("connection refused") && err.to_string().contains("check that the database is running"), "{err}");
+        assert!(err.is_retryable());
+
+        // With a hint: the message says what to do; the client error is still in the chain.
+        let err = EventStoreError::backend(StoreCause::with_hint(std::io::Error::other("no such table"), "call migrate() once"));
+        assert_eq!(err.to_string(), "event store failure: no such table: call migrate() once");
+        assert!(err.cause().and_then(StoreCause::downcast_ref::<std::io::Error>).is_some());
+        assert!(!err.is_retryable());
+
+        // A plain message, and a cause passed on is not wrapped twice.
+        let cause = StoreCause::msg("database restarting (test)");
+        let err = EventStoreError::unavailable(cause.clone());
+        assert_eq!(err.cause(), Some(&cause));
+        assert!(std::error::Error::source(&cause).is_none());
+        assert_eq!(EventStoreError::backend(StoreCause::new(cause.clone())), EventStoreError::Backend { source: cause });
+        assert!(EventStoreError::Corrupt { reason: "x".into() }.cause().is_none());
+
+        // Clone and equality by message.
+        let a = EventStoreError::unavailable(std::io::Error::other("x"));
+        assert_eq!(a.clone(), a);
+        assert_eq!(a, EventStoreError::unavailable(StoreCause::msg("x")));
+        assert_ne!(a, EventStoreError::unavailable(StoreCause::msg("y")));
+        assert_ne!(a, EventStoreError::backend(StoreCause::msg("x")));
+    }
+
+    #[test]
+    fn store_trait_is_object_safe() {
+        fn takes(_: Option<Arc<dyn EventStore>>) {}
+        takes(None);
+        assert_eq!(PruneReport::new(2, 3), PruneReport { outbox_rows: 2, inbox_marks: 3 });
+        assert_eq!(PruneReport::default(), PruneReport::new(0, 0));
+    }
+}

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use composable_rust_core::event_bus::BusCause;
+
 /// Where JetStream keeps the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Storage {
@@ -39,6 +41,9 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// How long one JetStream request (publish ack, consumer creation) may take.
     pub request_timeout: Duration,
+    /// Dead letters the bus keeps in memory ([`NatsEventBus::dead_letters`](crate::NatsEventBus::dead_letters));
+    /// older ones are dropped and only counted.
+    pub dead_letter_capacity: usize,
 }
 
 impl NatsConfig {
@@ -56,35 +61,39 @@ impl NatsConfig {
             pull_expiry: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            dead_letter_capacity: 1_000,
         }
     }
 }
 
-/// Why the bus could not be set up.
+/// Why the bus could not be set up. Each variant keeps the client's error as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     /// The URL is not a NATS URL.
-    #[error("invalid NATS URL {url:?}: {reason}; expected e.g. nats://127.0.0.1:4222")]
+    #[error("invalid NATS URL {url:?}: {source}; expected e.g. nats://127.0.0.1:4222")]
     InvalidUrl {
         /// The URL.
         url: String,
-        /// Why.
-        reason: String,
+        /// The parser's error.
+        #[source]
+        source: BusCause,
     },
     /// The server did not answer.
-    #[error("cannot reach NATS at {url}: {reason}; is nats-server running (with -js)?")]
+    #[error("cannot reach NATS at {url}: {source}; is nats-server running (with -js)?")]
     Unreachable {
         /// The URL.
         url: String,
-        /// Why.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
     },
     /// JetStream is not enabled or the stream cannot be created.
-    #[error("JetStream stream {stream}: {reason}; start nats-server with -js, or fix the stream's configuration")]
+    #[error("JetStream stream {stream}: {source}; start nats-server with -js, or fix the stream's configuration")]
     Stream {
         /// The stream.
         stream: String,
-        /// Why.
-        reason: String,
+        /// The client's error, or what is wrong with the existing stream.
+        #[source]
+        source: BusCause,
     },
 }

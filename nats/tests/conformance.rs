@@ -21,7 +21,7 @@ async fn next_delivery(s: &mut EventStream, what: &str) -> composable_rust_core:
     loop {
         match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
             Ok(Some(Ok(d))) => return d,
-            Ok(Some(Err(EventBusError::Unavailable { reason }))) => eprintln!("{what}: transient: {reason}"),
+            Ok(Some(Err(e @ EventBusError::Unavailable { .. }))) => eprintln!("{what}: transient: {e}"),
             other => panic!("{what}: expected a delivery, got {other:?}"),
         }
     }
@@ -55,6 +55,33 @@ async fn bad_urls_and_absent_servers_are_explained() {
     let err = NatsEventBus::connect(&format!("nats://127.0.0.1:{port}")).await.unwrap_err();
     assert!(matches!(err, NatsError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("is nats-server running"), "{err}");
+    let source = std::error::Error::source(&err).expect("the client's connect error is kept as the source");
+    assert!(matches!(&err, NatsError::Unreachable { source, .. } if source.downcast_ref::<async_nats::ConnectError>().is_some()), "{source:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_keep_the_client_error() {
+    // Needs a server of its own to kill.
+    let Some(mut server) = support::NatsServer::start() else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but nats-server is not installed");
+        return;
+    };
+    let mut config = isolated_config(&server.url());
+    config.request_timeout = Duration::from_millis(500);
+    let bus = bus(config).await;
+    server.kill();
+
+    let err = bus.publish("gone", &numbered(1)).await.expect_err("no server: the publish cannot be acknowledged");
+    let EventBusError::PublishFailed { source, retryable, .. } = &err else { panic!("expected PublishFailed, got {err:?}") };
+    assert!(*retryable, "a server that went away may come back: {err}");
+    assert!(source.downcast_ref::<async_nats::jetstream::context::PublishError>().is_some(), "the async-nats error is lost: {source:?}");
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+
+    let err = bus.subscribe_with(&["gone"], SubscribeOptions::group("g")).await.err().expect("no server: no consumer");
+    let EventBusError::SubscribeFailed { source, patterns } = &err else { panic!("expected SubscribeFailed, got {err:?}") };
+    assert_eq!(patterns, &["gone".to_owned()]);
+    assert!(source.downcast_ref::<async_nats::jetstream::context::GetStreamError>().is_some(), "the async-nats error is lost: {source:?}");
+    assert!(err.to_string().contains("cannot look up JetStream stream"), "{err}");
 }
 
 #[tokio::test]
@@ -91,6 +118,29 @@ async fn undecodable_messages_are_reported_terminated_and_consumption_continues(
     let dead = bus.dead_letters();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.starts_with("undecodable"), "{dead:?}");
+    assert_eq!(bus.dead_letters_total(), 1);
+}
+
+#[tokio::test]
+async fn the_dead_letter_record_stays_bounded() {
+    let Some((_server, url)) = server() else { return };
+    let mut config = isolated_config(&url);
+    config.dead_letter_capacity = 2;
+    let bus = bus(config.clone()).await;
+    let mut s = bus.subscribe_with(&["junk"], SubscribeOptions::group("g")).await.unwrap();
+    let js = async_nats::jetstream::new(bus.client().clone());
+    for i in 0..5 {
+        js.publish(format!("{}.junk", config.subject_prefix), format!("not an envelope {i}").into()).await.unwrap().await.unwrap();
+    }
+    for i in 0..5 {
+        match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+            Ok(Some(Err(EventBusError::Decode { .. }))) => {}
+            other => panic!("message {i}: expected a Decode error item, got {other:?}"),
+        }
+    }
+    let dead = bus.dead_letters();
+    assert_eq!(dead.len(), 2, "at most dead_letter_capacity are kept: {dead:?}");
+    assert_eq!(bus.dead_letters_total(), 5, "every dead letter is counted");
 }
 
 #[tokio::test]

@@ -28,7 +28,10 @@
 //!   (embedded migrations); a store used before that says so.
 //!
 //! - an append's inbox mark (consumer, event id) is inserted by the same statement: a consumer cannot
-//!   record the handling of one event twice (`AlreadyProcessed`).
+//!   record the handling of one event twice (`AlreadyProcessed`);
+//! - published outbox rows and inbox marks are kept, with the server's time, until
+//!   [`EventStore::prune`](composable_rust_core::EventStore::prune) deletes those older than a horizon,
+//!   in batches of short transactions (indexed, migration `20261125000003_retention`).
 //!
 //! With the `testcontainers` feature, `containers::PostgresContainer` starts PostgreSQL in Docker
 //! for tests, for users who have a Docker engine.

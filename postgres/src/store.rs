@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use composable_rust_core::event_store::identical_retry;
+use composable_rust_core::event_store::{PruneReport, StoreCause, identical_retry};
 use composable_rust_core::{
     AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, PendingPublication, RecordedEvent,
     SerializedEvent, Snapshot, StreamId, Topic, Version,
@@ -90,20 +90,30 @@ pub struct PostgresEventStore {
     group_commit: Option<Arc<GroupCommit>>,
 }
 
-fn map_err(e: &sqlx::Error) -> EventStoreError {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
-            EventStoreError::Unavailable { reason: e.to_string() }
-        }
+/// How many rows one `DELETE` of [`EventStore::prune`] removes at most: each batch is a short
+/// transaction, so a large prune neither holds locks long nor writes one huge WAL record.
+const PRUNE_BATCH: i64 = 10_000;
+
+fn map_err(e: sqlx::Error) -> EventStoreError {
+    enum Kind {
+        Transient,
+        SchemaMissing,
+        Other,
+    }
+    let kind = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => Kind::Transient,
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("42P01" | "3F000") => {
-                EventStoreError::Backend { reason: format!("{e}: the event store schema is missing; call PostgresEventStore::migrate() once") }
-            }
+            Some("42P01" | "3F000") => Kind::SchemaMissing,
             // query_canceled (statement timeout), too many connections, serialization failures: try again.
-            Some("57014" | "53300" | "40001" | "40P01") => EventStoreError::Unavailable { reason: e.to_string() },
-            _ => EventStoreError::Backend { reason: e.to_string() },
+            Some("57014" | "53300" | "40001" | "40P01") => Kind::Transient,
+            _ => Kind::Other,
         },
-        other => EventStoreError::Backend { reason: other.to_string() },
+        _ => Kind::Other,
+    };
+    match kind {
+        Kind::Transient => EventStoreError::unavailable(e),
+        Kind::SchemaMissing => EventStoreError::backend(StoreCause::with_hint(e, "the event store schema is missing; call PostgresEventStore::migrate() once")),
+        Kind::Other => EventStoreError::backend(e),
     }
 }
 
@@ -240,7 +250,7 @@ impl PostgresEventStore {
                 .bind(&ids)
                 .fetch_all(&mut *executor)
                 .await
-                .map_err(|e| map_err(&e))?;
+                .map_err(map_err)?;
         let stored: Vec<RecordedEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         identical_retry(request, &stored)
     }
@@ -306,10 +316,10 @@ impl PostgresEventStore {
             .map_err(|e| match (&request.inbox, unique_violation(&e)) {
                 (Some(mark), Some("inbox_pkey")) => EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id },
                 (_, Some(_)) => EventStoreError::EventIdReused { event_id: request.events[0].event_id, stream_id: request.stream_id.clone() },
-                (_, None) => map_err(&e),
+                (_, None) => map_err(e),
             })?;
-        let new_version: Option<i64> = row.try_get("new_version").map_err(|e| map_err(&e))?;
-        let first_position: Option<i64> = row.try_get("first_position").map_err(|e| map_err(&e))?;
+        let new_version: Option<i64> = row.try_get("new_version").map_err(map_err)?;
+        let first_position: Option<i64> = row.try_get("first_position").map_err(map_err)?;
         let (Some(new_version), Some(first_position)) = (new_version, first_position) else {
             return Err(self.conflict(request).await);
         };
@@ -343,13 +353,25 @@ impl PostgresEventStore {
         }
     }
 
+    /// Runs `sql` (a `DELETE` of at most `PRUNE_BATCH` rows older than `$1`, the limit being `$2`)
+    /// until it deletes fewer than a batch; the number of rows deleted in all.
+    async fn delete_in_batches(&self, sql: &str, horizon: &str) -> Result<u64, EventStoreError> {
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(sql).bind(horizon).bind(PRUNE_BATCH).execute(&self.pool).await.map_err(map_err)?.rows_affected();
+            deleted += done;
+            if done < PRUNE_BATCH.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The highest position below which no append is still in flight (see the crate docs).
     async fn read_horizon(&self) -> Result<i64, EventStoreError> {
-        let db = |e: sqlx::Error| map_err(&e);
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(db)?;
-        let horizon: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(map_err)?;
+        let horizon: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
         Ok(horizon)
     }
 }
@@ -363,7 +385,7 @@ impl EventStore for PostgresEventStore {
         match self.append_grouped_or_alone(&request).instrument(span).await {
             // An identical retry (or one that raced with us) is success, not a conflict.
             Err(e @ (EventStoreError::ConcurrencyConflict { .. } | EventStoreError::EventIdReused { .. } | EventStoreError::AlreadyProcessed { .. })) => {
-                let mut conn = self.pool.acquire().await.map_err(|e| map_err(&e))?;
+                let mut conn = self.pool.acquire().await.map_err(map_err)?;
                 match Self::earlier_append(&mut conn, &request).await? {
                     Some(earlier) => Ok(earlier),
                     None => Err(e),
@@ -382,7 +404,7 @@ impl EventStore for PostgresEventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         rows.iter().map(|r| event_from_row(r).map(|e| e.event)).collect()
     }
 
@@ -391,7 +413,7 @@ impl EventStore for PostgresEventStore {
             .bind(stream_id.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         Ok(Version(v.map_or(0, to_u64)))
     }
 
@@ -405,7 +427,7 @@ impl EventStore for PostgresEventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -423,7 +445,7 @@ impl EventStore for PostgresEventStore {
         .bind(snapshot.taken_at.to_rfc3339())
         .execute(&self.pool)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -432,7 +454,7 @@ impl EventStore for PostgresEventStore {
             .bind(stream_id.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
         let get_err = |e: sqlx::Error| corrupt("snapshot row", e);
         let taken_at: String = row.try_get("taken_at").map_err(get_err)?;
@@ -454,7 +476,7 @@ impl EventStore for PostgresEventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         rows.iter()
             .map(|row| {
                 let topic: String = row.try_get("topic").map_err(|e| corrupt("outbox row", e))?;
@@ -469,7 +491,26 @@ impl EventStore for PostgresEventStore {
             .bind(topic.as_str())
             .execute(&self.pool)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
+        let horizon = horizon.to_rfc3339();
+        let outbox_rows = self
+            .delete_in_batches(
+                "DELETE FROM composable_rust.outbox WHERE id IN (SELECT id FROM composable_rust.outbox \
+                 WHERE published_at IS NOT NULL AND published_at < $1::text::timestamptz LIMIT $2)",
+                &horizon,
+            )
+            .await?;
+        let inbox_marks = self
+            .delete_in_batches(
+                "DELETE FROM composable_rust.inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM composable_rust.inbox \
+                 WHERE processed_at < $1::text::timestamptz LIMIT $2))",
+                &horizon,
+            )
+            .await?;
+        Ok(PruneReport::new(outbox_rows, inbox_marks))
     }
 }

@@ -148,3 +148,22 @@ async fn bad_urls_and_unreachable_servers_are_explained() {
     assert!(matches!(err, PostgresError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"), "{err}");
 }
+
+#[tokio::test]
+async fn a_store_used_before_migrate_says_so_and_keeps_the_sqlx_error() {
+    let Some(shared) = store().await else { return };
+    let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.pool()).await.unwrap();
+    let url = support::database_url().unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let unmigrated = PostgresEventStore::connect(&format!("{base}/{name}")).await.unwrap();
+    let err = unmigrated.stream_version(&stream("unmigrated")).await.unwrap_err();
+    assert!(matches!(err, EventStoreError::Backend { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("call PostgresEventStore::migrate() once"), "the message says what to do: {err}");
+    let sqlx_error = err.cause().and_then(|c| c.downcast_ref::<sqlx::Error>()).expect("the sqlx error is kept");
+    assert!(matches!(sqlx_error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01")), "{sqlx_error:?}");
+    assert!(std::error::Error::source(&err).is_some(), "the cause is the error's source");
+    unmigrated.pool().close().await;
+    sqlx::query(&format!("DROP DATABASE {name}")).execute(shared.pool()).await.unwrap();
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{ConsumerGroup, EventBus, EventBusError, EventStream, SerializedEvent, SubscribeOptions, Topic, TopicPattern, event_headers};
 use parking_lot::Mutex;
@@ -128,8 +129,8 @@ impl std::fmt::Debug for RedpandaEventBus {
     }
 }
 
-fn client_error(e: &KafkaError) -> RedpandaError {
-    RedpandaError::Client { reason: e.to_string() }
+fn client_error(e: KafkaError) -> RedpandaError {
+    RedpandaError::Client { source: BusCause::new(e) }
 }
 
 /// Kafka's own name rules, a subset of this project's topics: no more than 249 characters of
@@ -178,16 +179,17 @@ impl RedpandaEventBus {
     /// Connects with `config`: creates the producer and admin client and checks that a broker answers.
     pub async fn connect_with(config: RedpandaConfig) -> Result<Self, RedpandaError> {
         config.validate()?;
-        let producer: FutureProducer = config.producer_config().create().map_err(|e| client_error(&e))?;
-        let admin: AdminClient<DefaultClientContext> = config.producer_config().create().map_err(|e| client_error(&e))?;
+        let producer: FutureProducer = config.producer_config().create().map_err(client_error)?;
+        let admin: AdminClient<DefaultClientContext> = config.producer_config().create().map_err(client_error)?;
         let probe = producer.clone();
         let timeout = config.request_timeout;
         let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
             .await
-            .map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), reason: e.to_string() })?;
-        let brokers = metadata.map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), reason: e.to_string() })?;
+            .map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), source: BusCause::new(e) })?;
+        let brokers = metadata.map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), source: BusCause::new(e) })?;
         tracing::debug!(bootstrap = %config.brokers, brokers, "connected to kafka");
-        Ok(Self { producer, admin: Arc::new(admin), config: Arc::new(config), known_topics: Arc::default(), dead_letters: DeadLetters::default() })
+        let dead_letters = DeadLetters::new(config.dead_letter_capacity);
+        Ok(Self { producer, admin: Arc::new(admin), config: Arc::new(config), known_topics: Arc::default(), dead_letters })
     }
 
     /// The settings in use.
@@ -195,9 +197,16 @@ impl RedpandaEventBus {
         &self.config
     }
 
-    /// Messages acknowledged past without delivery (undecodable), oldest first.
+    /// The latest messages acknowledged past without delivery (undecodable), oldest first: at most
+    /// [`RedpandaConfig::dead_letter_capacity`]; older ones are dropped from memory but counted in
+    /// [`RedpandaEventBus::dead_letters_total`].
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead_letters.snapshot()
+    }
+
+    /// How many messages this bus dead-lettered in all, including those no longer kept.
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters.total()
     }
 
     /// The underlying producer (for raw access).
@@ -207,17 +216,17 @@ impl RedpandaEventBus {
 
     /// Creates `topic` with `partitions` and `replication` unless it exists.
     pub async fn create_topic(&self, topic: &str, partitions: i32, replication: i32) -> Result<(), RedpandaError> {
-        let err = |reason: String| RedpandaError::CreateTopic { topic: topic.to_owned(), reason };
-        Topic::new(topic).map_err(|e| err(e.to_string()))?;
+        let err = |source: BusCause| RedpandaError::CreateTopic { topic: topic.to_owned(), source };
+        Topic::new(topic).map_err(|e| err(BusCause::new(e)))?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         let options = AdminOptions::new()
             .operation_timeout(Some(Timeout::After(self.config.request_timeout)))
             .request_timeout(Some(Timeout::After(self.config.request_timeout)));
-        let results = self.admin.create_topics([&new], &options).await.map_err(|e| err(e.to_string()))?;
+        let results = self.admin.create_topics([&new], &options).await.map_err(|e| err(BusCause::new(e)))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(err(code.to_string())),
+                Err((_, code)) => return Err(err(BusCause::new(code))),
             }
         }
         self.known_topics.lock().insert(topic.to_owned());
@@ -229,41 +238,46 @@ impl RedpandaEventBus {
         if self.known_topics.lock().contains(topic) {
             return Ok(());
         }
-        self.create_topic(topic, spec.partitions, spec.replication).await.map_err(|e| EventBusError::Unavailable { reason: e.to_string() })
+        self.create_topic(topic, spec.partitions, spec.replication).await.map_err(EventBusError::unavailable)
     }
 
-    fn member(&self, group: &str, reset: OffsetReset) -> Result<(Arc<MemberConsumer>, Arc<MemberState>), String> {
+    fn member(&self, group: &str, reset: OffsetReset) -> Result<(Arc<MemberConsumer>, Arc<MemberState>), BusCause> {
         let state = Arc::new(MemberState::new(group.to_owned()));
-        let consumer: MemberConsumer =
-            self.config.consumer_config(group, reset).create_with_context(MemberContext { state: Arc::clone(&state) }).map_err(|e| e.to_string())?;
+        let consumer: MemberConsumer = self
+            .config
+            .consumer_config(group, reset)
+            .create_with_context(MemberContext { state: Arc::clone(&state) })
+            .map_err(|e| BusCause::context(format!("cannot create a consumer in group {group}"), e))?;
         Ok((Arc::new(consumer), state))
     }
 
     /// Starts a fresh exclusive group at the current end of every existing matching partition, so it
     /// receives exactly what is published after `subscribe` returns (topics created later are read
     /// from their start).
-    async fn start_at_end(consumer: &Arc<MemberConsumer>, patterns: &[TopicPattern], timeout: Duration) -> Result<(), String> {
+    async fn start_at_end(consumer: &Arc<MemberConsumer>, patterns: &[TopicPattern], timeout: Duration) -> Result<(), BusCause> {
         let consumer = Arc::clone(consumer);
         let patterns = patterns.to_vec();
         tokio::task::spawn_blocking(move || {
-            let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
+            let metadata = consumer.fetch_metadata(None, timeout).map_err(|e| BusCause::context("cannot fetch the topics to start at their end", e))?;
             let mut tpl = TopicPartitionList::new();
             for topic in metadata.topics() {
                 if !patterns.iter().any(|p| p.matches(topic.name())) {
                     continue;
                 }
                 for partition in topic.partitions() {
-                    let (_, high) = consumer.fetch_watermarks(topic.name(), partition.id(), timeout).map_err(|e| e.to_string())?;
-                    tpl.add_partition_offset(topic.name(), partition.id(), Offset::Offset(high)).map_err(|e| e.to_string())?;
+                    let (_, high) = consumer
+                        .fetch_watermarks(topic.name(), partition.id(), timeout)
+                        .map_err(|e| BusCause::context(format!("cannot fetch the end offset of {}/{}", topic.name(), partition.id()), e))?;
+                    tpl.add_partition_offset(topic.name(), partition.id(), Offset::Offset(high)).map_err(BusCause::new)?;
                 }
             }
             if tpl.count() > 0 {
-                consumer.commit(&tpl, CommitMode::Sync).map_err(|e| format!("cannot set the start offsets: {e}"))?;
+                consumer.commit(&tpl, CommitMode::Sync).map_err(|e| BusCause::context("cannot set the start offsets", e))?;
             }
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| BusCause::context("the start-offset lookup did not finish", e))?
     }
 }
 
@@ -286,7 +300,8 @@ impl EventBus for RedpandaEventBus {
                 Ok(_) => Ok(()),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "kafka publish failed");
-                    Err(EventBusError::PublishFailed { topic: topic.to_string(), reason: e.to_string(), retryable: is_retryable(&e) })
+                    let retryable = is_retryable(&e);
+                    Err(EventBusError::publish_failed(topic.as_str(), e, retryable))
                 }
             }
         }
@@ -301,7 +316,7 @@ impl EventBus for RedpandaEventBus {
 
     async fn subscribe_with(&self, topics: &[&str], options: SubscribeOptions) -> Result<EventStream, EventBusError> {
         let patterns = parse_patterns(topics)?;
-        let failed = |reason: String| EventBusError::SubscribeFailed { patterns: topics.iter().map(ToString::to_string).collect(), reason };
+        let failed = |cause: BusCause| EventBusError::subscribe_failed(topics, cause);
         let span = tracing::debug_span!("kafka.subscribe", ?topics, group = ?options.group);
         async {
             for p in patterns.iter().filter(|p| p.is_exact()) {
@@ -318,7 +333,7 @@ impl EventBus for RedpandaEventBus {
             }
             let subscriptions: Vec<String> = patterns.iter().map(|p| if p.is_exact() { p.as_str().to_owned() } else { topic_regex(p) }).collect();
             let refs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-            consumer.subscribe(&refs).map_err(|e| failed(e.to_string()))?;
+            consumer.subscribe(&refs).map_err(|e| failed(BusCause::context(format!("cannot subscribe to {subscriptions:?}"), e)))?;
             tracing::debug!(%group, ?subscriptions, "kafka consumer subscribed");
             Ok(member_stream(consumer, state, self.dead_letters.clone()))
         }

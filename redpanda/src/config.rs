@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Errors creating the bus or its topics.
+use composable_rust_core::event_bus::BusCause;
+
+/// Errors creating the bus or its topics. Where librdkafka failed, its error is the source.
 #[derive(Debug, thiserror::Error)]
 pub enum RedpandaError {
     /// The broker list is empty or malformed.
@@ -15,26 +17,29 @@ pub enum RedpandaError {
         reason: String,
     },
     /// librdkafka refused a client property.
-    #[error("invalid Kafka client configuration: {reason}")]
+    #[error("invalid Kafka client configuration: {source}")]
     Client {
-        /// librdkafka's explanation.
-        reason: String,
+        /// librdkafka's error, or what is wrong with the settings.
+        #[source]
+        source: BusCause,
     },
     /// No broker answered a metadata request.
-    #[error("no Kafka broker reachable at {brokers}: {reason}; check that Redpanda/Kafka is running and the address is right")]
+    #[error("no Kafka broker reachable at {brokers}: {source}; check that Redpanda/Kafka is running and the address is right")]
     Unreachable {
         /// The bootstrap list.
         brokers: String,
-        /// The client's explanation.
-        reason: String,
+        /// The client's error.
+        #[source]
+        source: BusCause,
     },
     /// Creating a topic failed.
-    #[error("cannot create topic {topic}: {reason}")]
+    #[error("cannot create topic {topic}: {source}")]
     CreateTopic {
         /// The topic.
         topic: String,
-        /// The broker's explanation.
-        reason: String,
+        /// The client's or broker's error.
+        #[source]
+        source: BusCause,
     },
 }
 
@@ -115,7 +120,8 @@ pub struct RedpandaConfig {
     /// retried send never writes a message twice or out of order.
     pub idempotent: bool,
     /// The group [`EventBus::subscribe`](composable_rust_core::EventBus::subscribe) uses; `None`
-    /// (default) derives it from the topics, `composable-rust-{sorted topics}`.
+    /// (default) derives it from the topics
+    /// ([`default_group_name`](composable_rust_core::event_bus::default_group_name)).
     pub group_id: Option<String>,
     /// Start of a new consumer group (default [`OffsetReset::Earliest`]).
     pub auto_offset_reset: OffsetReset,
@@ -135,6 +141,9 @@ pub struct RedpandaConfig {
     pub auto_create_topics: Option<TopicSpec>,
     /// Further librdkafka properties, applied last to producer and consumers (e.g. security settings).
     pub properties: BTreeMap<String, String>,
+    /// Dead letters the bus keeps in memory ([`RedpandaEventBus::dead_letters`](crate::RedpandaEventBus::dead_letters));
+    /// older ones are dropped and only counted (default 1,000).
+    pub dead_letter_capacity: usize,
 }
 
 impl RedpandaConfig {
@@ -155,6 +164,7 @@ impl RedpandaConfig {
             request_timeout: Duration::from_secs(10),
             auto_create_topics: Some(TopicSpec { partitions: 3, replication: 1 }),
             properties: BTreeMap::new(),
+            dead_letter_capacity: 1_000,
         }
     }
 
@@ -173,7 +183,7 @@ impl RedpandaConfig {
             port.parse::<u16>().map_err(|_| invalid("a port is not a number between 0 and 65535"))?;
         }
         if self.idempotent && self.acks != Acks::All {
-            return Err(RedpandaError::Client { reason: "idempotent production needs acks=all: set acks(Acks::All) or idempotent(false)".into() });
+            return Err(RedpandaError::Client { source: BusCause::msg("idempotent production needs acks=all: set acks(Acks::All) or idempotent(false)") });
         }
         Ok(())
     }

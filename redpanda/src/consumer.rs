@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::{BusMessage, Delivery, DeliveryAck, EventBusError, Topic, event_headers};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -87,7 +88,8 @@ fn store(consumer: &MemberConsumer, state: &MemberState, p: &Position) -> Result
     };
     tracing::trace!(group = %state.group, topic = %p.topic, partition = p.partition, offset = p.offset, generation = p.generation, next, "acked; storing");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next)).map_err(|e| EventBusError::AckFailed { reason: e.to_string() })?;
+    tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next))
+        .map_err(|e| EventBusError::ack_failed(BusCause::context(format!("cannot store offset {next} of {}/{}", p.topic, p.partition), e)))?;
     if let Err(e) = consumer.store_offsets(&tpl) {
         // The partition went to another member in between: it will deliver the message again, which
         // at-least-once allows; nothing to commit here.
@@ -155,7 +157,7 @@ async fn next_item(consumer: &Arc<MemberConsumer>, state: &Arc<MemberState>, dea
             }
             Err(e) => {
                 tracing::warn!(group = %state.group, error = %e, "kafka consumer error");
-                return Err(EventBusError::Unavailable { reason: e.to_string() });
+                return Err(EventBusError::unavailable(e));
             }
         };
         let generation = state.tracker.lock().delivered(message.topic(), message.partition(), message.offset());

@@ -10,7 +10,7 @@
 //!
 //! let bus = RedpandaEventBus::builder().brokers("127.0.0.1:9092").compression(Compression::Lz4).build().await?;
 //! bus.publish("order.events", &SerializedEvent::new("OrderPlaced.v1", vec![1, 2, 3], None)).await?;
-//! let mut orders = bus.subscribe(&["order.events"]).await?; // group composable-rust-order.events
+//! let mut orders = bus.subscribe(&["order.events"]).await?; // group composable-rust-order.events-{hash}
 //! # Ok(()) }
 //! ```
 //!
@@ -44,7 +44,9 @@
 //!   A message from another producer that has `cr-event-type` but no `cr-event-id` is delivered with
 //!   an id derived from its topic, partition and offset, stable across redeliveries.
 //! - The default group of [`EventBus::subscribe`](composable_rust_core::EventBus::subscribe) is
-//!   `composable-rust-{sorted topics}` (or [`RedpandaBuilder::consumer_group`]); a new group starts
+//!   named after the set of topics, `composable-rust-{sorted topics}-{hash of the set}`
+//!   ([`default_group_name`](composable_rust_core::event_bus::default_group_name)), or
+//!   [`RedpandaBuilder::consumer_group`]; a new group starts
 //!   at the earliest retained message unless configured otherwise. An exclusive subscription is a
 //!   fresh group that starts at the current end of the topics, so it receives what is published after
 //!   `subscribe` returned.

@@ -107,7 +107,7 @@ async fn next(s: &mut EventStream, wait: Duration) -> Option<Delivery> {
     loop {
         match tokio::time::timeout_at(deadline, s.next()).await {
             Ok(Some(Ok(d))) => return Some(d),
-            Ok(Some(Err(EventBusError::Unavailable { reason }))) => eprintln!("transient consumer error: {reason}"),
+            Ok(Some(Err(e @ EventBusError::Unavailable { .. }))) => eprintln!("transient consumer error: {e}"),
             Ok(Some(Err(e))) => panic!("stream error: {e}"),
             Ok(None) => panic!("stream ended"),
             Err(_) => return None,

@@ -63,6 +63,7 @@ async fn a_publish_while_the_broker_is_down_fails_with_a_retryable_error_never_s
     let started = Instant::now();
     let err = bus.publish("orders", &event("o-1", 2)).await.expect_err("a publish to a down broker must not report success");
     assert!(matches!(err, EventBusError::PublishFailed { retryable: true, .. }), "{err:?}");
+    assert!(err.cause().and_then(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).is_some(), "librdkafka's error is kept: {err:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "librdkafka retried until the delivery timeout, {:?}", started.elapsed());
     mock.broker_up(1).unwrap();
     // What a caller does with a retryable error: try again (librdkafka reconnects with a backoff).
@@ -128,6 +129,7 @@ async fn bad_broker_lists_and_absent_brokers_are_explained() {
     let err = RedpandaEventBus::connect_with(config).await.unwrap_err();
     assert!(matches!(err, RedpandaError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("check that Redpanda/Kafka is running"), "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "librdkafka's error is kept: {err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,14 @@
-//! `Store::send`: an action with no effects, and one whose effects append to the in-memory store and
-//! publish on the in-memory bus (awaited). The bare reducer call is measured alongside as the floor.
+//! `Store::send`: an action with no effects, and one whose effect appends to the in-memory store and
+//! publishes the stored event on the in-memory bus (awaited). The bare reducer call is measured
+//! alongside as the floor.
 
 #![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use composable_rust_core::{Effect, EventBus, EventStore, ExpectedVersion, Reducer, SerializedEvent, StreamId, smallvec};
-use composable_rust_runtime::Store;
+use composable_rust_core::{Effect, EventBus, EventStore, ExpectedVersion, Reducer, SerializedEvent, StreamId, Topic, smallvec};
+use composable_rust_runtime::{Executor, Store};
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -18,9 +19,8 @@ enum Action {
 }
 
 struct Env {
-    store: Arc<dyn EventStore>,
-    bus: Arc<dyn EventBus>,
     stream: StreamId,
+    topic: Topic,
     event: SerializedEvent,
 }
 
@@ -37,10 +37,7 @@ impl Reducer for Counter {
             Action::Increment => smallvec![],
             Action::Persist => {
                 let event = env.event.clone().with_event_id(uuid::Uuid::new_v4());
-                smallvec![
-                    Effect::append_events(Arc::clone(&env.store), env.stream.clone(), ExpectedVersion::Any, vec![event.clone()]),
-                    Effect::publish(Arc::clone(&env.bus), "bench.events", event),
-                ]
+                smallvec![Effect::append(env.stream.clone(), ExpectedVersion::Any, vec![event]).publish_to(env.topic.clone()).into()]
             }
         }
     }
@@ -48,11 +45,17 @@ impl Reducer for Counter {
 
 fn env() -> Env {
     Env {
-        store: Arc::new(InMemoryEventStore::new()),
-        bus: Arc::new(InMemoryEventBus::new()),
         stream: StreamId::new("bench-1").unwrap(),
+        topic: Topic::new("bench.events").unwrap(),
         event: SerializedEvent::new("Incremented.v1", vec![0u8; 64], None),
     }
+}
+
+/// A store whose effects run against a fresh in-memory event store and bus.
+fn new_store() -> Store<Counter> {
+    let event_store: Arc<dyn EventStore> = Arc::new(InMemoryEventStore::new());
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryEventBus::new());
+    Store::with_executor(0u64, Counter, env(), Executor::builder().store(event_store).bus(bus).build())
 }
 
 fn bench(c: &mut Criterion) {
@@ -64,7 +67,7 @@ fn bench(c: &mut Criterion) {
     let mut state = 0u64;
     group.bench_function("reducer_call_only", |b| b.iter(|| black_box(Counter.reduce(&mut state, black_box(Action::Increment), &reducer_env).len())));
 
-    let store = Store::new(0u64, Counter, env());
+    let store = new_store();
     group.bench_function("no_effects", |b| b.iter(|| black_box(store.send(black_box(Action::Increment)).unwrap())));
 
     // Effects run on a task; on a current-thread runtime the awaiting caller and the effect task share
@@ -72,7 +75,7 @@ fn bench(c: &mut Criterion) {
     let local = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = {
         let _local_guard = local.enter();
-        Store::new(0u64, Counter, env())
+        new_store()
     };
     group.bench_function("append_then_publish_awaited", |b| b.to_async(&local).iter(|| async { store.send(Action::Persist).unwrap().finish().await }));
     group.finish();

@@ -214,7 +214,7 @@ impl<A: Aggregate> AggregateHandler<A> {
             let mut effects: Vec<Effect<std::convert::Infallible>> = vec![append.into()];
             effects.extend(self.aggregate.react(&state, &events, &self.env));
             let feedback: Feedback<std::convert::Infallible> = Arc::new(|_, never| match never {});
-            let mut scope = ExecutionScope::caused_by(envelope.command_id).with_conflict_policy(ConflictPolicy::Abort);
+            let mut scope = ExecutionScope::caused_by(envelope.command_id).with_conflict_policy(ConflictPolicy::Abort).caller_retries();
             if let Some(c) = &envelope.correlation_id {
                 scope = scope.with_correlation_id(c.clone());
             }

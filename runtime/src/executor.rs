@@ -70,6 +70,7 @@ pub struct ExecutionScope {
     conflict: ConflictPolicy,
     cancel_scope: Option<Arc<str>>,
     detach: Option<Tracker>,
+    caller_retries: bool,
 }
 
 /// Namespaces of the ids derived from a cause (UUID v5), one per kind of id.
@@ -103,6 +104,20 @@ impl ExecutionScope {
     pub fn with_cancel_scope(mut self, scope: &str) -> Self {
         self.cancel_scope = Some(scope.into());
         self
+    }
+
+    /// The caller retries what fails retryably (a saga step is redelivered, a dispatched command is
+    /// dispatched again): such failures are returned, not dead-lettered. Failures that are final are
+    /// dead-lettered either way.
+    #[must_use]
+    pub fn caller_retries(mut self) -> Self {
+        self.caller_retries = true;
+        self
+    }
+
+    /// Whether a failure is final for this run's caller (and so is dead-lettered).
+    fn is_final(&self, retryable: bool) -> bool {
+        !(retryable && self.caller_retries)
     }
 
     /// Runs each sequence's first waiting effect and the rest of that sequence on a task of its own,
@@ -659,7 +674,7 @@ impl Executor {
                 }
                 if conflict {
                     tracing::info!(error = %error, "append conflicted");
-                } else {
+                } else if scope.is_final(error.is_retryable()) {
                     dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, request.events.first().cloned());
                 }
                 self.feed("append", on_error, error.clone(), path, feedback);
@@ -729,7 +744,9 @@ impl Executor {
         match outcome {
             Ok(()) => Ok(()),
             Err(error) => {
-                dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, Some(event));
+                if scope.is_final(error.is_retryable()) {
+                    dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, Some(event));
+                }
                 self.feed("publish", on_error, error.clone(), path, feedback);
                 Err(error.into())
             }
@@ -772,7 +789,7 @@ impl Executor {
             Err(e) => {
                 if matches!(e, DispatchError::Rejected { .. }) {
                     tracing::info!(error = %e, "command rejected");
-                } else {
+                } else if scope.is_final(e.is_retryable()) {
                     dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
                 }
                 self.feed("dispatch", on_error, e.clone(), path, feedback);

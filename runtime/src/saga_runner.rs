@@ -351,7 +351,7 @@ impl<S: Saga> SagaRunner<S> {
 impl<S: Saga> Inner<S> {
     async fn handle_event(self: &Arc<Self>, event: &SerializedEvent) -> Result<StepOutcome, SagaError> {
         let Some(input) = self.decode(event)? else {
-            tracing::warn!(event_type = %event.event_type, event_id = %event.event_id, saga = S::NAME, "event type not handled by this saga, skipped");
+            tracing::debug!(event_type = %event.event_type, event_id = %event.event_id, saga = S::NAME, "event type not handled by this saga, skipped");
             return Ok(StepOutcome::Skipped);
         };
         let stream = SagaRunner::<S>::instance_stream(&input.instance_id)?;
@@ -410,6 +410,11 @@ impl<S: Saga> Inner<S> {
                     }
                     Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
                         tracing::debug!(attempt, "saga instance changed concurrently or the event was handled meanwhile; reloading");
+                    }
+                    Err(source) if source.is_retryable() && attempt < self.executor.retry_policy().max_attempts => {
+                        // The record may have been stored before the error: reloading finds it if so.
+                        tracing::warn!(attempt, error = %source, "recording the saga step failed; reloading and retrying");
+                        self.executor.clock().sleep(self.executor.retry_policy().backoff_after(attempt)).await;
                     }
                     Err(source) => return Err(SagaError::Store { saga: S::NAME, source }),
                 }
@@ -475,7 +480,8 @@ impl<S: Saga> Inner<S> {
         let scope = ExecutionScope::caused_by(step.id)
             .with_correlation_id(step.instance_id.clone())
             .with_cancel_scope(step.stream.as_str())
-            .detach_waiting(self.detached.clone());
+            .detach_waiting(self.detached.clone())
+            .caller_retries();
         let result = self.executor.run(effects, &feedback, &scope).await;
         let mut fed_back = collected.lock().take().unwrap_or_default();
         if let Err(source) = result {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::{EventBus, EventBusError, EventStream, SerializedEvent, SubscribeOptions};
 use composable_rust_runtime::{DualEventBus, DualMode, SecondaryPolicy, Side};
 use composable_rust_testing::InMemoryEventBus;
@@ -71,12 +72,12 @@ struct DownBus(AtomicBool);
 impl EventBus for DownBus {
     async fn publish(&self, topic: &str, _: &SerializedEvent) -> Result<(), EventBusError> {
         if self.0.load(Ordering::SeqCst) {
-            return Err(EventBusError::Unavailable { reason: format!("{topic}: down (test)") });
+            return Err(EventBusError::unavailable(BusCause::msg(format!("{topic}: down (test)"))));
         }
         Ok(())
     }
     async fn subscribe_with(&self, topics: &[&str], _: SubscribeOptions) -> Result<EventStream, EventBusError> {
-        Err(EventBusError::SubscribeFailed { patterns: topics.iter().map(|t| (*t).to_string()).collect(), reason: "down (test)".into() })
+        Err(EventBusError::subscribe_failed(topics, BusCause::msg("down (test)")))
     }
     fn backend(&self) -> &'static str {
         "down"

@@ -1,10 +1,10 @@
 //! `Effect::map` lifts a child reducer's effects into its parent's action type; store reads run as
-//! effects and feed their results back.
+//! effects (a `Run` future reading the store the environment holds) and feed their results back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use composable_rust_core::{Effect, EventStore, EventStoreOperation, ExpectedVersion, Reducer, SerializedEvent, StreamId, Version, smallvec};
+use composable_rust_core::{Effect, EventStore, ExpectedVersion, Reducer, SerializedEvent, StreamId, Version, smallvec};
 use composable_rust_runtime::Store;
 use composable_rust_testing::InMemoryEventStore;
 
@@ -44,13 +44,14 @@ impl Reducer for ParentReducer {
         log.push(format!("{action:?}"));
         match action {
             Parent::Child(c) => child(&c).into_iter().map(|e| e.map(Parent::Child)).collect(),
-            Parent::Load => smallvec![Effect::EventStore(EventStoreOperation::LoadEvents {
-                event_store: Arc::clone(&env.store),
-                stream_id: StreamId::new("s-1").unwrap(),
-                from_version: Version(2),
-                on_success: Box::new(|events: Vec<SerializedEvent>| Parent::Loaded(events.iter().map(|e| e.stream_version.unwrap().0).collect())),
-                on_error: None,
-            })],
+            Parent::Load => {
+                // Effects carry no store handles; a read is a `Run` future over the environment's store.
+                let store = Arc::clone(&env.store);
+                smallvec![Effect::run(async move {
+                    let events = store.read_stream(&StreamId::new("s-1").unwrap(), Version(2), 100).await.ok()?;
+                    Some(Parent::Loaded(events.iter().map(|e| e.stream_version.unwrap().0).collect()))
+                })]
+            }
             Parent::Loaded(_) => smallvec![],
         }
     }

@@ -1,16 +1,20 @@
-//! The executor runs the effects of one `reduce` in the order returned: a publish after a failed
-//! append never goes out, and the append's `on_error` comes back instead.
+//! The executor runs the effects of one `reduce` in the order returned: an append that fails
+//! publishes nothing and feeds its `on_error` back; an append that is stored publishes its events
+//! (through the outbox, so a failed publish is relayed later).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use composable_rust_core::event_bus::BusCause;
+use composable_rust_core::event_store::{PruneReport, StoreCause};
 use composable_rust_core::{
-    AppendRequest, AppendResult, Effect, EventBus, EventBusError, EventStore, EventStoreError, EventStoreOperation, EventStream, ExpectedVersion,
-    GlobalPosition, PendingPublication, RecordedEvent, Reducer, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version, smallvec,
+    AppendRequest, AppendResult, Effect, EventBus, EventBusError, EventStore, EventStoreError, EventStream, ExpectedVersion, GlobalPosition,
+    PendingPublication, RecordedEvent, Reducer, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version, smallvec,
 };
-use composable_rust_runtime::outbox::{relay_pending, relay_settled};
+use composable_rust_runtime::outbox::{OutboxRelay, RelayConfig, relay_pending};
 use composable_rust_runtime::{DeadLetterSink, Executor, InMemoryDeadLetters, RetryPolicy, Store, StoreError};
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 use futures::StreamExt;
@@ -21,18 +25,11 @@ enum Action {
     Place(ExpectedVersion),
     Appended(Version),
     AppendFailed(String),
-    Published,
-    PublishFailed,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct State {
     log: Vec<String>,
-}
-
-struct Env {
-    store: Arc<dyn EventStore>,
-    bus: Arc<dyn EventBus>,
 }
 
 struct PlaceReducer;
@@ -41,31 +38,26 @@ fn stream() -> StreamId {
     StreamId::new("order-1").unwrap()
 }
 
+fn order_events() -> Topic {
+    Topic::new("order.events").unwrap()
+}
+
 impl Reducer for PlaceReducer {
     type State = State;
     type Action = Action;
-    type Environment = Env;
+    type Environment = ();
 
-    fn reduce(&self, state: &mut State, action: Action, env: &Env) -> composable_rust_core::Effects<Action> {
+    fn reduce(&self, state: &mut State, action: Action, (): &()) -> composable_rust_core::Effects<Action> {
         match action {
             Action::Place(expected) => {
                 let event = SerializedEvent::new("OrderPlaced.v1", vec![1, 2, 3], None);
+                // Publish-after-append is a property of the append: stored atomically with the outbox.
                 smallvec![
-                    Effect::EventStore(EventStoreOperation::AppendEvents {
-                        event_store: Arc::clone(&env.store),
-                        stream_id: stream(),
-                        expected_version: expected,
-                        events: vec![event.clone()],
-                        on_success: Some(Box::new(|r: AppendResult| Action::Appended(r.next_expected_version))),
-                        on_error: Some(Box::new(|e: EventStoreError| Action::AppendFailed(e.to_string()))),
-                    }),
-                    Effect::PublishEvent {
-                        topic: "order.events".into(),
-                        event,
-                        event_bus: Arc::clone(&env.bus),
-                        on_success: Some(Action::Published),
-                        on_error: Some(Box::new(|_| Action::PublishFailed)),
-                    },
+                    Effect::append(stream(), expected, vec![event])
+                        .publish_to(order_events())
+                        .on_success(|r: AppendResult| Action::Appended(r.next_expected_version))
+                        .on_error(|e: EventStoreError| Action::AppendFailed(e.to_string()))
+                        .into()
                 ]
             }
             other => {
@@ -76,22 +68,26 @@ impl Reducer for PlaceReducer {
     }
 }
 
+fn executor(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>) -> composable_rust_runtime::ExecutorBuilder {
+    Executor::builder().store(store).bus(bus)
+}
+
 async fn no_delivery(stream: &mut EventStream) {
     let next = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
     assert!(next.is_err(), "nothing must be published, got {next:?}");
 }
 
 #[tokio::test]
-async fn publish_is_not_sent_when_the_preceding_append_fails() {
+async fn nothing_is_published_when_the_append_fails() {
     let store = Arc::new(InMemoryEventStore::new());
     store.append(AppendRequest::new(stream(), ExpectedVersion::NoStream, vec![SerializedEvent::new("Existing.v1", vec![0], None)])).await.unwrap();
     let bus = Arc::new(InMemoryEventBus::new());
     let mut subscriber = bus.subscribe_with(&["order.events"], SubscribeOptions::exclusive()).await.unwrap();
-    let store_handle = Arc::new(Store::new(State::default(), PlaceReducer, Env { store: store.clone(), bus: bus.clone() }));
+    let s = Store::with_executor(State::default(), PlaceReducer, (), executor(store.clone(), bus.clone()).build());
 
-    store_handle.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
+    s.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
 
-    let log = store_handle.state().log;
+    let log = s.state().log;
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(log[0].starts_with("AppendFailed(\"concurrency conflict on stream order-1: expected version no stream, actual 1"), "{log:?}");
     no_delivery(&mut subscriber).await;
@@ -101,15 +97,15 @@ async fn publish_is_not_sent_when_the_preceding_append_fails() {
 }
 
 #[tokio::test]
-async fn append_then_publish_delivers_the_stored_event_and_clears_the_outbox() {
+async fn a_stored_append_publishes_the_stored_event_and_clears_the_outbox() {
     let store = Arc::new(InMemoryEventStore::new());
     let bus = Arc::new(InMemoryEventBus::new());
     let mut subscriber = bus.subscribe_with(&["order.events"], SubscribeOptions::exclusive()).await.unwrap();
-    let s = Store::new(State::default(), PlaceReducer, Env { store: store.clone(), bus: bus.clone() });
+    let s = Store::with_executor(State::default(), PlaceReducer, (), executor(store.clone(), bus.clone()).build());
 
     s.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
 
-    assert_eq!(s.state().log, vec!["Appended(Version(1))".to_string(), "Published".to_string()], "on_success actions in effect order");
+    assert_eq!(s.state().log, vec!["Appended(Version(1))".to_string()]);
     let delivery = subscriber.next().await.unwrap().unwrap();
     assert_eq!(delivery.event().stream_id, Some(stream()), "the published event is the stored one");
     assert_eq!(delivery.event().stream_version, Some(Version(1)));
@@ -123,12 +119,18 @@ struct FlakyBus {
     attempts: AtomicU32,
 }
 
+impl FlakyBus {
+    fn new(down: bool) -> Self {
+        Self { inner: InMemoryEventBus::new(), down: AtomicBool::new(down), attempts: AtomicU32::new(0) }
+    }
+}
+
 #[async_trait]
 impl EventBus for FlakyBus {
     async fn publish(&self, topic: &str, event: &SerializedEvent) -> Result<(), EventBusError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(EventBusError::Unavailable { reason: "broker down (test)".into() });
+            return Err(EventBusError::unavailable(BusCause::msg("broker down (test)")));
         }
         self.inner.publish(topic, event).await
     }
@@ -149,22 +151,21 @@ fn fast_retry(attempts: u32) -> RetryPolicy {
 #[tokio::test]
 async fn a_failed_publish_stays_in_the_outbox_and_the_relay_publishes_it() {
     let store = Arc::new(InMemoryEventStore::new());
-    let bus = Arc::new(FlakyBus { inner: InMemoryEventBus::new(), down: AtomicBool::new(true), attempts: AtomicU32::new(0) });
+    let bus = Arc::new(FlakyBus::new(true));
     let mut subscriber = bus.subscribe_with(&["order.events"], SubscribeOptions::exclusive()).await.unwrap();
     let dead_letters = Arc::new(InMemoryDeadLetters::default());
-    let executor = Executor::builder().retry(fast_retry(3)).dead_letters(dead_letters.clone() as Arc<dyn DeadLetterSink>).build();
-    let s = Store::with_executor(State::default(), PlaceReducer, Env { store: store.clone(), bus: bus.clone() }, executor);
+    let executor = executor(store.clone(), bus.clone()).retry(fast_retry(3)).dead_letters(dead_letters.clone() as Arc<dyn DeadLetterSink>).build();
+    let s = Store::with_executor(State::default(), PlaceReducer, (), executor);
 
     s.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
 
-    assert_eq!(s.state().log, vec!["Appended(Version(1))".to_string(), "PublishFailed".to_string()]);
+    assert_eq!(s.state().log, vec!["Appended(Version(1))".to_string()], "the append succeeded; its publish failing does not fail it");
     assert_eq!(bus.attempts.load(Ordering::SeqCst), 3, "a retryable publish error is retried up to the policy");
-    assert_eq!(dead_letters.total(), 1);
-    assert!(dead_letters.letters()[0].what.contains("kept in the outbox"), "{:?}", dead_letters.letters());
+    assert_eq!(dead_letters.total(), 0, "nothing is lost: the entry stays in the outbox for the relay");
     assert_eq!(store.pending_outbox_len(), 1, "the publish intent survives the failure");
 
     bus.down.store(false, Ordering::SeqCst);
-    let report = relay_pending(&*store, &*bus, 10).await.unwrap();
+    let report = relay_pending(store.clone(), bus.clone()).await.unwrap();
     assert_eq!(report.published, 1);
     assert_eq!(store.pending_outbox_len(), 0);
     let delivery = subscriber.next().await.unwrap().unwrap();
@@ -172,30 +173,38 @@ async fn a_failed_publish_stays_in_the_outbox_and_the_relay_publishes_it() {
 }
 
 #[tokio::test]
-async fn the_periodic_relay_leaves_entries_younger_than_its_minimum_age() {
-    let store = InMemoryEventStore::new();
-    let bus = InMemoryEventBus::new();
+async fn the_periodic_relay_leaves_entries_it_has_just_seen_whatever_their_timestamp() {
+    // Ported: "young" used to be judged by the event's timestamp (a writer's clock); it is now how
+    // long this relay has known the entry, so a writer with a fast or slow clock holds nothing back.
+    let store = Arc::new(InMemoryEventStore::new());
+    let bus = Arc::new(InMemoryEventBus::new());
     let mut subscriber = bus.subscribe_with(&["order.events"], SubscribeOptions::exclusive()).await.unwrap();
-    let topic = Topic::new("order.events").unwrap();
     let request = |label: &str, age: chrono::Duration| {
         let mut event = SerializedEvent::new("OrderPlaced.v1", label.as_bytes().to_vec(), None);
-        event.metadata.timestamp = chrono::Utc::now() - age;
+        event.metadata.timestamp = Utc::now() - age;
         let mut request = AppendRequest::new(StreamId::new(label).unwrap(), ExpectedVersion::NoStream, vec![event]);
-        request.outbox.push(composable_rust_core::OutboxIntent { topic: topic.clone(), event_id: request.events[0].event_id });
+        request.outbox.push(composable_rust_core::OutboxIntent { topic: order_events(), event_id: request.events[0].event_id });
         request
     };
-    let (old, young) = (request("old", chrono::Duration::minutes(10)), request("young", chrono::Duration::zero()));
-    store.append(old).await.unwrap();
-    store.append(young).await.unwrap();
+    store.append(request("old", chrono::Duration::minutes(10))).await.unwrap();
+    store.append(request("young", chrono::Duration::zero())).await.unwrap();
 
-    let report = relay_settled(&store, &bus, 10, Duration::from_secs(60)).await.unwrap();
-    assert_eq!((report.published, report.deferred), (1, true), "the old entry goes, the young one waits");
-    assert_eq!(store.pending_outbox_len(), 1);
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let mut relay = OutboxRelay::new(store.clone(), bus.clone(), dead_letters, RelayConfig::default().min_age(Duration::from_millis(50)));
+    let report = relay.pass().await.unwrap();
+    assert_eq!((report.published, report.deferred), (0, 2), "both were just seen by this relay");
+    assert_eq!(store.pending_outbox_len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let report = relay.pass().await.unwrap();
+    assert_eq!((report.published, report.deferred), (2, 0), "once known for the minimum age, both go");
     assert_eq!(&subscriber.next().await.unwrap().unwrap().event().data[..], b"old");
-
-    let report = relay_pending(&store, &bus, 10).await.unwrap();
-    assert_eq!((report.published, report.deferred), (1, false), "without a minimum age everything goes");
     assert_eq!(&subscriber.next().await.unwrap().unwrap().event().data[..], b"young");
+
+    store.append(request("later", chrono::Duration::zero())).await.unwrap();
+    let report = relay_pending(store.clone(), bus.clone()).await.unwrap();
+    assert_eq!((report.published, report.deferred), (1, 0), "without a minimum age everything goes");
+    assert_eq!(&subscriber.next().await.unwrap().unwrap().event().data[..], b"later");
 }
 
 /// A store whose first `fail_first` appends are `Unavailable`, and which counts appends.
@@ -209,7 +218,7 @@ struct FlakyStore {
 impl EventStore for FlakyStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         if self.appends.fetch_add(1, Ordering::SeqCst) < self.fail_first {
-            return Err(EventStoreError::Unavailable { reason: "database restarting (test)".into() });
+            return Err(EventStoreError::unavailable(StoreCause::msg("database restarting (test)")));
         }
         self.inner.append(request).await
     }
@@ -234,14 +243,16 @@ impl EventStore for FlakyStore {
     async fn mark_published(&self, id: uuid::Uuid, topic: &Topic) -> Result<(), EventStoreError> {
         self.inner.mark_published(id, topic).await
     }
+    async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
+        self.inner.prune(horizon).await
+    }
 }
 
 #[tokio::test]
 async fn retryable_store_errors_are_retried_but_conflicts_are_not() {
     let store = Arc::new(FlakyStore { inner: InMemoryEventStore::new(), fail_first: 2, appends: AtomicU32::new(0) });
     let bus = Arc::new(InMemoryEventBus::new());
-    let executor = Executor::builder().retry(fast_retry(4)).build();
-    let s = Store::with_executor(State::default(), PlaceReducer, Env { store: store.clone(), bus }, executor);
+    let s = Store::with_executor(State::default(), PlaceReducer, (), executor(store.clone(), bus).retry(fast_retry(4)).build());
 
     s.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
     assert_eq!(store.appends.load(Ordering::SeqCst), 3, "two Unavailable, then success");
@@ -249,7 +260,7 @@ async fn retryable_store_errors_are_retried_but_conflicts_are_not() {
 
     s.send(Action::Place(ExpectedVersion::NoStream)).unwrap().finish().await;
     assert_eq!(store.appends.load(Ordering::SeqCst), 4, "a conflict is tried once");
-    assert!(s.state().log[2].starts_with("AppendFailed(\"concurrency conflict"), "{:?}", s.state().log);
+    assert!(s.state().log[1].starts_with("AppendFailed(\"concurrency conflict"), "{:?}", s.state().log);
 }
 
 /// Effects that record when they run.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use composable_rust_core::{
-    Aggregate, AppendRequest, CodecError, CommandHandler, Effect, EventBus, EventMetadata, EventStore, ExpectedVersion, Reducer, Saga, SagaInput,
+    Aggregate, AppendRequest, CodecError, DomainEvent, EventBus, EventMetadata, EventStore, ExpectedVersion, Reducer, Saga, SagaInput,
     SerializedEvent, Version, encode_payload, smallvec,
 };
 use composable_rust_runtime::saga_runner::{SAGA_STEP_EVENT_TYPE, SagaStatsSnapshot};
-use composable_rust_runtime::{AggregateHandler, Executor, SagaRunner, StepOutcome};
+use composable_rust_runtime::{AggregateHandler, CommandRouter, Executor, InMemoryDeadLetters, SagaRunner, StepOutcome};
 use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 use serde::{Deserialize, Serialize};
 
@@ -20,48 +20,50 @@ struct Record {
     amount: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum LedgerEvent {
+    Recorded { amount: u64 },
+}
+
+impl DomainEvent for LedgerEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            LedgerEvent::Recorded { .. } => "Recorded.v1",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Ledger {
-    version: Version,
     total: u64,
 }
 
 struct LedgerAggregate;
 
-struct LedgerEnv {
-    store: Arc<dyn EventStore>,
-}
-
-impl Reducer for LedgerAggregate {
-    type State = Ledger;
-    type Action = Record;
-    type Environment = LedgerEnv;
-
-    fn reduce(&self, state: &mut Ledger, command: Record, env: &LedgerEnv) -> composable_rust_core::Effects<Record> {
-        let loaded = state.version;
-        state.total += command.amount;
-        state.version = loaded.next();
-        let event = SerializedEvent::from_payload("Recorded.v1", &command.amount, None).unwrap();
-        let stream = AggregateHandler::<LedgerAggregate>::stream_id(&command.account).unwrap();
-        smallvec![Effect::append_events(Arc::clone(&env.store), stream, ExpectedVersion::from_loaded(loaded), vec![event])]
-    }
-}
-
 impl Aggregate for LedgerAggregate {
     const AGGREGATE_TYPE: &'static str = "ledger";
+    type State = Ledger;
+    type Command = Record;
+    type Event = LedgerEvent;
+    type Error = std::convert::Infallible;
+    type Environment = ();
 
-    fn aggregate_id(command: &Record) -> String {
-        command.account.clone()
+    fn aggregate_id(command: &Record) -> &str {
+        &command.account
     }
 
-    fn initial_state(&self, _id: &str) -> Ledger {
+    fn initial_state(_id: &str) -> Ledger {
         Ledger::default()
     }
 
-    fn apply(&self, state: &mut Ledger, event: &SerializedEvent) -> Result<(), CodecError> {
-        state.total += event.decode_data::<u64>()?;
-        state.version = event.stream_version.unwrap();
-        Ok(())
+    fn handle(&self, _state: &Ledger, command: Record, (): &()) -> Result<Vec<LedgerEvent>, Self::Error> {
+        Ok(vec![LedgerEvent::Recorded { amount: command.amount }])
+    }
+
+    fn apply(state: &mut Ledger, event: &LedgerEvent) {
+        match event {
+            LedgerEvent::Recorded { amount } => state.total += amount,
+        }
     }
 }
 
@@ -74,18 +76,14 @@ struct Deposited {
 
 struct BookingSaga;
 
-struct BookingEnv {
-    ledger: Arc<dyn CommandHandler>,
-}
-
 impl Reducer for BookingSaga {
     type State = u32;
     type Action = Deposited;
-    type Environment = BookingEnv;
+    type Environment = ();
 
-    fn reduce(&self, deposits: &mut u32, action: Deposited, env: &BookingEnv) -> composable_rust_core::Effects<Deposited> {
+    fn reduce(&self, deposits: &mut u32, action: Deposited, (): &()) -> composable_rust_core::Effects<Deposited> {
         *deposits += 1;
-        smallvec![Effect::dispatch(Arc::clone(&env.ledger), Record { account: action.account.clone(), amount: action.amount }, Some(action.account))]
+        smallvec![composable_rust_core::Dispatch::new(Record { account: action.account.clone(), amount: action.amount }).correlated(action.account).into()]
     }
 }
 
@@ -112,6 +110,7 @@ impl Saga for BookingSaga {
 struct World {
     store: Arc<InMemoryEventStore>,
     bus: Arc<InMemoryEventBus>,
+    router: CommandRouter,
     ledger: Arc<AggregateHandler<LedgerAggregate>>,
     executor: Executor,
 }
@@ -119,17 +118,21 @@ struct World {
 impl World {
     fn new() -> Self {
         let store = Arc::new(InMemoryEventStore::new());
-        let executor = Executor::default();
-        let ledger = Arc::new(AggregateHandler::new(LedgerAggregate, LedgerEnv { store: store.clone() }, store.clone(), executor.clone()));
-        Self { store, bus: Arc::new(InMemoryEventBus::new()), ledger, executor }
+        let bus = Arc::new(InMemoryEventBus::new());
+        let router = CommandRouter::new();
+        let executor = Executor::builder().store(store.clone()).bus(bus.clone()).commands(router.clone()).build();
+        let ledger = AggregateHandler::new(LedgerAggregate, (), executor.clone()).register().unwrap();
+        Self { store, bus, router, ledger, executor }
     }
 
     fn runner(&self) -> SagaRunner<BookingSaga> {
-        SagaRunner::new(BookingSaga, BookingEnv { ledger: self.ledger.clone() }, self.store.clone(), self.bus.clone(), self.executor.clone())
+        SagaRunner::new(BookingSaga, (), self.executor.clone())
     }
 
-    async fn ledger(&self, account: &str) -> Ledger {
-        self.ledger.load(account, None).await.unwrap().state
+    /// The account's total and stream version.
+    async fn ledger(&self, account: &str) -> (u64, Version) {
+        let loaded = self.ledger.load(account, None).await.unwrap();
+        (loaded.state.total, loaded.version)
     }
 }
 
@@ -147,12 +150,11 @@ async fn a_redelivered_event_is_not_applied_twice() {
     assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
 
     assert_eq!(runner.load_instance("acc-1").await.unwrap(), 1, "saga state counts the deposit once");
-    let ledger = world.ledger("acc-1").await;
-    assert_eq!((ledger.total, ledger.version), (50, Version(1)), "the dispatched command was applied once");
+    assert_eq!(world.ledger("acc-1").await, (50, Version(1)), "the dispatched command was applied once");
 
     runner.handle_event(&deposit("acc-1", 7)).await.unwrap();
     assert_eq!(runner.load_instance("acc-1").await.unwrap(), 2, "a different event id is a new step");
-    assert_eq!(world.ledger("acc-1").await.total, 57);
+    assert_eq!(world.ledger("acc-1").await.0, 57);
 }
 
 #[tokio::test]
@@ -165,12 +167,12 @@ async fn effects_lost_in_a_crash_after_recording_run_on_redelivery() {
         .with_event_id(SagaRunner::<BookingSaga>::step_id(event.event_id));
     let stream = SagaRunner::<BookingSaga>::instance_stream("acc-2").unwrap();
     world.store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![step])).await.unwrap();
-    assert_eq!(world.ledger("acc-2").await.total, 0);
+    assert_eq!(world.ledger("acc-2").await.0, 0);
 
     assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
-    assert_eq!(world.ledger("acc-2").await.total, 30, "the redelivery executed the lost command");
+    assert_eq!(world.ledger("acc-2").await.0, 30, "the redelivery executed the lost command");
     assert_eq!(runner.handle_event(&event).await.unwrap(), StepOutcome::Duplicate);
-    assert_eq!(world.ledger("acc-2").await.total, 30, "and a further redelivery does not apply it again");
+    assert_eq!(world.ledger("acc-2").await.0, 30, "and a further redelivery does not apply it again");
     assert_eq!(runner.load_instance("acc-2").await.unwrap(), 1);
 }
 
@@ -188,9 +190,10 @@ async fn wait_for(handle: &composable_rust_runtime::SagaRunnerHandle, done: impl
 #[tokio::test]
 async fn the_worker_skips_unknown_types_dead_letters_garbage_and_keeps_going() {
     let world = World::new();
-    let dead_letters = Arc::new(composable_rust_runtime::InMemoryDeadLetters::default());
-    let executor = Executor::builder().dead_letters(dead_letters.clone()).build();
-    let runner = SagaRunner::new(BookingSaga, BookingEnv { ledger: world.ledger.clone() }, world.store.clone(), world.bus.clone(), executor);
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let executor =
+        Executor::builder().store(world.store.clone()).bus(world.bus.clone()).commands(world.router.clone()).dead_letters(dead_letters.clone()).build();
+    let runner = SagaRunner::new(BookingSaga, (), executor);
     let handle = runner.spawn().await.unwrap();
 
     let good = deposit("acc-3", 10);
@@ -202,7 +205,7 @@ async fn the_worker_skips_unknown_types_dead_letters_garbage_and_keeps_going() {
 
     let stats = wait_for(&handle, |s| s.applied == 2 && s.duplicates == 1 && s.skipped == 1 && s.dead_lettered == 1).await;
     assert_eq!(stats.lagged_events, 0);
-    assert_eq!(world.ledger("acc-3").await.total, 15, "both distinct deposits booked, the duplicate not");
+    assert_eq!(world.ledger("acc-3").await.0, 15, "both distinct deposits booked, the duplicate not");
     let letters = dead_letters.letters();
     assert_eq!(letters.len(), 1);
     assert!(letters[0].error.contains("cannot decode event Deposited.v1"), "{letters:?}");
@@ -228,7 +231,6 @@ async fn workers_in_one_group_share_the_events_and_apply_each_once() {
     assert_eq!(s1.applied + s2.applied, 60, "{s1:?} {s2:?}");
     for a in 0..6u64 {
         let expected: u64 = (0..60u64).filter(|i| i % 6 == a).sum();
-        let ledger = world.ledger(&format!("acc-{a}")).await;
-        assert_eq!((ledger.total, ledger.version), (expected, Version(10)), "account {a}");
+        assert_eq!(world.ledger(&format!("acc-{a}")).await, (expected, Version(10)), "account {a}");
     }
 }

@@ -13,7 +13,14 @@
 //!   content is refused; outbox intents are committed with their events.
 //!
 //! - an append's inbox mark (consumer, event id) is committed in the same transaction: a consumer
-//!   cannot record the handling of one event twice (`AlreadyProcessed`).
+//!   cannot record the handling of one event twice (`AlreadyProcessed`);
+//! - published outbox rows and inbox marks are kept, with their time, until
+//!   [`EventStore::prune`](composable_rust_core::EventStore::prune) deletes those older than a horizon
+//!   (in batches, so appends go on meanwhile).
+//!
+//! `SqliteEventStore::open_url("sqlite::memory:")` (or [`SqliteEventStore::in_memory`]) gives a
+//! private in-memory store with the same guarantees except durability; `sqlite:` with no path is
+//! refused ([`SqliteError::EmptyPath`]).
 
 mod store;
 

@@ -6,19 +6,35 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use composable_rust_core::event_store::identical_retry;
+use composable_rust_core::event_store::{PruneReport, identical_retry};
 use composable_rust_core::{
     AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot,
     StreamId, Topic, Version,
 };
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Why the store could not be opened.
+/// The schema, applied by every opener.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How many rows one `DELETE` of [`EventStore::prune`] removes at most: a long prune then holds the
+/// single writer connection only briefly at a time, and appends go on in between.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Why the store could not be opened. New variants may be added: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SqliteError {
+    /// The URL or path names no database. An empty SQLite file name would open a temporary database
+    /// of its own for every connection: appends would not be readable back, so it is refused.
+    #[error("{url:?} names no SQLite database file: use sqlite:PATH for a file, or sqlite::memory: for a private in-memory store")]
+    EmptyPath {
+        /// The URL or path as given.
+        url: String,
+    },
     /// The file could not be opened or created.
     #[error("cannot open SQLite database {path}: {reason}; check that the directory exists and is writable")]
     Open {
@@ -37,20 +53,42 @@ pub enum SqliteError {
     },
 }
 
-/// An event store in one SQLite file. Cheap to clone (pools are shared).
+/// An event store in one SQLite file (or in memory, see [`SqliteEventStore::in_memory`]). Cheap to
+/// clone (pools are shared).
 #[derive(Debug, Clone)]
 pub struct SqliteEventStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// In memory only: a connection that is never used, which keeps the named in-memory database
+    /// alive even while the pool replaces its connection.
+    _keeper: Option<SqlitePool>,
 }
 
-fn map_err(e: &sqlx::Error) -> EventStoreError {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
-            EventStoreError::Unavailable { reason: e.to_string() }
+fn map_err(e: sqlx::Error) -> EventStoreError {
+    let transient = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.message().contains("locked") || db.message().contains("busy"),
+        _ => false,
+    };
+    if transient { EventStoreError::unavailable(e) } else { EventStoreError::backend(e) }
+}
+
+/// A time as the schema stores it (`strftime('%Y-%m-%dT%H:%M:%fZ')`: UTC, milliseconds, fixed
+/// width), so that text comparison is time comparison.
+fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Runs `sql` (a `DELETE` of at most `PRUNE_BATCH` rows older than its first parameter, the limit
+/// being the second) until it deletes fewer than a batch; the number of rows deleted in all.
+async fn delete_in_batches(pool: &SqlitePool, sql: &str, horizon: &str) -> Result<u64, EventStoreError> {
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(sql).bind(horizon).bind(PRUNE_BATCH).execute(pool).await.map_err(map_err)?.rows_affected();
+        deleted += done;
+        if done < PRUNE_BATCH.unsigned_abs() {
+            return Ok(deleted);
         }
-        sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy") => EventStoreError::Unavailable { reason: e.to_string() },
-        other => EventStoreError::Backend { reason: other.to_string() },
     }
 }
 
@@ -92,9 +130,16 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
 }
 
 impl SqliteEventStore {
-    /// Opens (creating if needed) the database file at `path` and applies the schema.
+    /// Opens (creating if needed) the database file at `path` and applies the schema. The path
+    /// `:memory:` opens [`SqliteEventStore::in_memory`]; an empty path is [`SqliteError::EmptyPath`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
         let path_text = path.as_ref().display().to_string();
+        if path.as_ref().as_os_str().is_empty() {
+            return Err(SqliteError::EmptyPath { url: path_text });
+        }
+        if path.as_ref() == Path::new(":memory:") {
+            return Self::in_memory().await;
+        }
         let options = SqliteConnectOptions::new()
             .filename(path.as_ref())
             .create_if_missing(true)
@@ -109,7 +154,7 @@ impl SqliteEventStore {
         let mut attempt: u32 = 0;
         let writer = loop {
             let result = match SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await {
-                Ok(writer) => match sqlx::migrate!("./migrations").run(&writer).await {
+                Ok(writer) => match MIGRATOR.run(&writer).await {
                     Ok(()) => Ok(writer),
                     Err(e) => Err(SqliteError::Migrate { path: path_text.clone(), reason: e.to_string() }),
                 },
@@ -126,26 +171,46 @@ impl SqliteEventStore {
             }
         };
         let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(open_err)?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, _keeper: None })
     }
 
-    /// Opens a `sqlite:PATH` (or `sqlite://PATH`) URL.
+    /// A store in a private in-memory database of its own, with the schema applied: for tests and
+    /// demos. Its clones share it; it is gone when the last clone is dropped. Reads and writes share
+    /// one connection (an in-memory database has no WAL to read beside the writer).
+    pub async fn in_memory() -> Result<Self, SqliteError> {
+        // A named shared-cache database lives as long as one connection to it is open: the keeper
+        // holds one, so a connection the pool replaces finds the same data, not an empty database.
+        let name = format!("file:composable-rust-{}", Uuid::new_v4().simple());
+        let options = SqliteConnectOptions::new().filename(&name).in_memory(true).shared_cache(true).busy_timeout(Duration::from_secs(5));
+        let single = || SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
+        let open_err = |e: sqlx::Error| SqliteError::Open { path: ":memory:".into(), reason: e.to_string() };
+        let keeper = single().connect_with(options.clone()).await.map_err(open_err)?;
+        let pool = single().connect_with(options).await.map_err(open_err)?;
+        MIGRATOR.run(&pool).await.map_err(|e| SqliteError::Migrate { path: ":memory:".into(), reason: e.to_string() })?;
+        Ok(Self { writer: pool.clone(), reader: pool, _keeper: Some(keeper) })
+    }
+
+    /// Opens a `sqlite:PATH` (or `sqlite://PATH`) URL; `sqlite::memory:` (or `sqlite://:memory:`) is
+    /// [`SqliteEventStore::in_memory`], a new private database on every call. A URL with no path
+    /// (`sqlite:`) is [`SqliteError::EmptyPath`].
     pub async fn open_url(url: &str) -> Result<Self, SqliteError> {
         let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        if path.is_empty() {
+            return Err(SqliteError::EmptyPath { url: url.to_owned() });
+        }
         Self::open(path).await
     }
 
     /// Events stored in all.
     pub async fn event_count(&self) -> Result<u64, EventStoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.reader).await.map_err(|e| map_err(&e))?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.reader).await.map_err(map_err)?;
         Ok(to_u64(n))
     }
 
     /// The append itself: one transaction on the single writer connection.
     async fn append_in_transaction(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         request.validate()?;
-        let db = |e: sqlx::Error| map_err(&e);
-        let mut tx = self.writer.begin().await.map_err(db)?;
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         if let Some(earlier) = Self::earlier_append(&mut tx, &request).await? {
             return Ok(earlier);
         }
@@ -153,7 +218,7 @@ impl SqliteEventStore {
             .bind(request.stream_id.as_str())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?;
+            .map_err(map_err)?;
         let actual = Version(actual.map_or(0, to_u64));
         if !request.expected_version.accepts(actual) {
             return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id.clone(), expected: request.expected_version, actual });
@@ -164,7 +229,7 @@ impl SqliteEventStore {
                 .bind(mark.event_id.as_bytes().to_vec())
                 .execute(&mut *tx)
                 .await
-                .map_err(db)?;
+                .map_err(map_err)?;
             if inserted.rows_affected() == 0 {
                 return Err(EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id });
             }
@@ -186,7 +251,7 @@ impl SqliteEventStore {
             .bind(metadata)
             .fetch_one(&mut *tx)
             .await
-            .map_err(db)?;
+            .map_err(map_err)?;
             first_position.get_or_insert(position);
         }
         sqlx::query("INSERT INTO streams (stream_id, version) VALUES (?, ?) ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version")
@@ -194,16 +259,16 @@ impl SqliteEventStore {
             .bind(to_i64(version.0))
             .execute(&mut *tx)
             .await
-            .map_err(db)?;
+            .map_err(map_err)?;
         for intent in &request.outbox {
             sqlx::query("INSERT INTO outbox (event_id, topic) VALUES (?, ?) ON CONFLICT (event_id, topic) DO NOTHING")
                 .bind(intent.event_id.as_bytes().to_vec())
                 .bind(intent.topic.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(db)?;
+                .map_err(map_err)?;
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.map_err(map_err)?;
         Ok(AppendResult {
             first_version: actual.next(),
             next_expected_version: version,
@@ -221,7 +286,7 @@ impl SqliteEventStore {
         for e in &request.events {
             query = query.bind(e.event_id.as_bytes().to_vec());
         }
-        let rows = query.fetch_all(&mut *conn).await.map_err(|e| map_err(&e))?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(map_err)?;
         let stored: Vec<RecordedEvent> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         identical_retry(request, &stored)
     }
@@ -241,7 +306,7 @@ impl EventStore for SqliteEventStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         rows.iter().map(|r| event_from_row(r).map(|e| e.event)).collect()
     }
 
@@ -250,7 +315,7 @@ impl EventStore for SqliteEventStore {
             .bind(stream_id.as_str())
             .fetch_optional(&self.reader)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         Ok(Version(v.map_or(0, to_u64)))
     }
 
@@ -260,7 +325,7 @@ impl EventStore for SqliteEventStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -278,7 +343,7 @@ impl EventStore for SqliteEventStore {
         .bind(snapshot.taken_at.to_rfc3339())
         .execute(&self.writer)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -287,7 +352,7 @@ impl EventStore for SqliteEventStore {
             .bind(stream_id.as_str())
             .fetch_optional(&self.reader)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         let Some(row) = row else { return Ok(None) };
         let get_err = |e: sqlx::Error| corrupt("snapshot row", e);
         let taken_at: String = row.try_get("taken_at").map_err(get_err)?;
@@ -308,7 +373,7 @@ impl EventStore for SqliteEventStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.reader)
         .await
-        .map_err(|e| map_err(&e))?;
+        .map_err(map_err)?;
         rows.iter()
             .map(|row| {
                 let topic: String = row.try_get("topic").map_err(|e| corrupt("outbox row", e))?;
@@ -318,13 +383,25 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
-        sqlx::query("UPDATE outbox SET published_at = ? WHERE event_id = ? AND topic = ? AND published_at IS NULL")
-            .bind(Utc::now().to_rfc3339())
+        sqlx::query("UPDATE outbox SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE event_id = ? AND topic = ? AND published_at IS NULL")
             .bind(event_id.as_bytes().to_vec())
             .bind(topic.as_str())
             .execute(&self.writer)
             .await
-            .map_err(|e| map_err(&e))?;
+            .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
+        let horizon = sqlite_time(horizon);
+        let outbox_rows = delete_in_batches(
+            &self.writer,
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ? LIMIT ?)",
+            &horizon,
+        )
+        .await?;
+        let inbox_marks =
+            delete_in_batches(&self.writer, "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox WHERE processed_at < ? LIMIT ?)", &horizon).await?;
+        Ok(PruneReport::new(outbox_rows, inbox_marks))
     }
 }

@@ -175,3 +175,89 @@ async fn several_openers_of_a_new_file_all_get_the_schema() {
         store.append(AppendRequest::new(stream, ExpectedVersion::NoStream, vec![event(1)])).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_url_reads_back_what_was_appended() {
+    for url in ["sqlite::memory:", "sqlite://:memory:"] {
+        let store = SqliteEventStore::open_url(url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let stream = StreamId::new("in-memory").unwrap();
+        store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1), event(2)])).await.unwrap();
+        // Several reads at once, so a pool with several connections would hand out more than one.
+        let reads = futures::future::join_all((0..8).map(|_| store.read_stream(&stream, Version(1), 10))).await;
+        for read in reads {
+            let read = read.unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(read.iter().map(|e| e.data[0]).collect::<Vec<_>>(), vec![1, 2], "{url}");
+        }
+        assert_eq!(store.stream_version(&stream).await.unwrap(), Version(2), "{url}");
+        let other = SqliteEventStore::open_url(url).await.unwrap();
+        assert_eq!(other.stream_version(&stream).await.unwrap(), Version(0), "{url}: every in-memory store is a database of its own");
+    }
+}
+
+#[tokio::test]
+async fn a_url_without_a_path_is_refused() {
+    for url in ["sqlite:", "sqlite://", ""] {
+        let err = SqliteEventStore::open_url(url).await.err().unwrap_or_else(|| panic!("{url:?} must be refused"));
+        assert!(matches!(err, SqliteError::EmptyPath { .. }), "{url:?}: {err}");
+        assert!(err.to_string().contains("sqlite::memory:"), "{url:?}: the error says how to ask for an in-memory store: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_store_passes_the_conformance_suite() {
+    event_store::run_all(|| async { Arc::new(SqliteEventStore::open_url("sqlite::memory:").await.expect("open")) as Arc<dyn EventStore> }).await;
+}
+
+#[tokio::test]
+async fn a_failed_query_keeps_the_sqlx_error_as_its_source() {
+    let db = TempDb::new();
+    let store = SqliteEventStore::open(&db.0).await.unwrap();
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.0.display())).await.unwrap();
+        sqlx::query("DROP TABLE snapshots").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let err = store.load_snapshot(&StreamId::new("s").unwrap()).await.unwrap_err();
+    assert!(matches!(err, EventStoreError::Backend { .. }), "{err}");
+    assert!(err.to_string().contains("no such table"), "the message says what went wrong: {err}");
+    let source = std::error::Error::source(&err).expect("the sqlx error is the source");
+    assert!(source.to_string().contains("no such table"), "{source}");
+    let sqlx_error = err.cause().and_then(|c| c.downcast_ref::<sqlx::Error>()).expect("the sqlx error can be had back");
+    assert!(matches!(sqlx_error, sqlx::Error::Database(_)), "{sqlx_error:?}");
+}
+
+#[tokio::test]
+async fn outbox_rows_published_before_the_retention_migration_are_pruned_by_their_time() {
+    // Before the retention migration, published_at was RFC 3339 with an offset and nanoseconds, which
+    // does not sort as text against the schema's format; the migration rewrites it.
+    let db = TempDb::new();
+    let stream = StreamId::new("legacy").unwrap();
+    let topic = composable_rust_core::Topic::new("legacy.events").unwrap();
+    let store = SqliteEventStore::open(&db.0).await.unwrap();
+    let events = vec![event(1), event(2)];
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+    let mut request = AppendRequest::new(stream, ExpectedVersion::NoStream, events);
+    request.outbox = ids.iter().map(|id| composable_rust_core::OutboxIntent { topic: topic.clone(), event_id: *id }).collect();
+    store.append(request).await.unwrap();
+    store.mark_published(ids[0], &topic).await.unwrap();
+    store.mark_published(ids[1], &topic).await.unwrap();
+    drop(store);
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let in_two_hours = chrono::Utc::now() + chrono::Duration::hours(2);
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.0.display())).await.unwrap();
+        // One row published an hour ago, one (as a skewed clock might have it) in two hours, both in
+        // the old format and an offset other than UTC for the second.
+        for (id, at) in [(ids[0], hour_ago.to_rfc3339()), (ids[1], in_two_hours.with_timezone(&chrono::FixedOffset::east_opt(7200).unwrap()).to_rfc3339())] {
+            sqlx::query("UPDATE outbox SET published_at = ? WHERE event_id = ?").bind(at).bind(id.as_bytes().to_vec()).execute(&pool).await.unwrap();
+        }
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261125000003").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let store = SqliteEventStore::open(&db.0).await.unwrap();
+    let report = store.prune(chrono::Utc::now()).await.unwrap();
+    assert_eq!(report.outbox_rows, 1, "the row published an hour ago goes, the one in two hours stays");
+    let report = store.prune(in_two_hours + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(report.outbox_rows, 1, "the other one goes once the horizon passes it");
+    assert!(store.pending_publications(10).await.unwrap().is_empty(), "no published row became pending");
+}

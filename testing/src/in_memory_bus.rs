@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{
     BusMessage, ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic, TopicPattern,
@@ -289,10 +290,8 @@ impl EventBus for InMemoryEventBus {
                     })
                     .clone();
                 if group.patterns != wanted {
-                    return Err(EventBusError::SubscribeFailed {
-                        patterns: wanted,
-                        reason: format!("group {name:?} already subscribes to {:?}; members of one group must subscribe to the same topics", group.patterns),
-                    });
+                    let reason = format!("group {name:?} already subscribes to {:?}; members of one group must subscribe to the same topics", group.patterns);
+                    return Err(EventBusError::subscribe_failed(wanted, BusCause::msg(reason)));
                 }
                 (group, name)
             }

@@ -2,11 +2,14 @@
 //! lives in this process's memory.
 //!
 //! All writes take one lock, so the global log has no gaps and `read_all` is always in commit order.
+//! Like the durable stores it keeps published outbox entries and inbox marks, with the time they were
+//! recorded, until [`EventStore::prune`] deletes them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use composable_rust_core::event_store::identical_retry;
+use chrono::{DateTime, Utc};
+use composable_rust_core::event_store::{PruneReport, identical_retry};
 use composable_rust_core::{
     AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic,
     Version,
@@ -20,10 +23,19 @@ struct Inner {
     streams: HashMap<StreamId, Vec<usize>>,
     by_id: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, Snapshot>,
+    /// Pending outbox entries by sequence number.
     outbox: BTreeMap<u64, (Topic, Uuid)>,
-    outbox_index: HashMap<(Uuid, Topic), u64>,
+    /// Every outbox entry: its sequence number while pending, when it was published once it is.
+    outbox_index: HashMap<(Uuid, Topic), OutboxState>,
     next_outbox: u64,
-    inbox: HashSet<(String, Uuid)>,
+    /// Inbox marks and when they were recorded.
+    inbox: HashMap<(String, Uuid), DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OutboxState {
+    Pending(u64),
+    Published(DateTime<Utc>),
 }
 
 /// An in-memory [`EventStore`]. Cheap to share behind an `Arc`.
@@ -79,7 +91,7 @@ impl EventStore for InMemoryEventStore {
             return Ok(result);
         }
         if let Some(mark) = &request.inbox {
-            if inner.inbox.contains(&(mark.consumer.clone(), mark.event_id)) {
+            if inner.inbox.contains_key(&(mark.consumer.clone(), mark.event_id)) {
                 return Err(EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id });
             }
         }
@@ -88,7 +100,7 @@ impl EventStore for InMemoryEventStore {
             return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id, expected: request.expected_version, actual });
         }
         if let Some(mark) = request.inbox {
-            inner.inbox.insert((mark.consumer, mark.event_id));
+            inner.inbox.insert((mark.consumer, mark.event_id), Utc::now());
         }
         let first_position = GlobalPosition(inner.log.len() as u64 + 1);
         let mut version = actual;
@@ -109,7 +121,7 @@ impl EventStore for InMemoryEventStore {
             let seq = inner.next_outbox;
             inner.next_outbox += 1;
             inner.outbox.insert(seq, (intent.topic, intent.event_id));
-            inner.outbox_index.insert(key, seq);
+            inner.outbox_index.insert(key, OutboxState::Pending(seq));
         }
         Ok(AppendResult { first_version: actual.next(), next_expected_version: version, first_position, duplicate: false })
     }
@@ -158,9 +170,20 @@ impl EventStore for InMemoryEventStore {
 
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
         let mut inner = self.inner.write();
-        if let Some(seq) = inner.outbox_index.remove(&(event_id, topic.clone())) {
+        let key = (event_id, topic.clone());
+        if let Some(&OutboxState::Pending(seq)) = inner.outbox_index.get(&key) {
             inner.outbox.remove(&seq);
+            inner.outbox_index.insert(key, OutboxState::Published(Utc::now()));
         }
         Ok(())
+    }
+
+    async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
+        let mut inner = self.inner.write();
+        let (outbox_before, inbox_before) = (inner.outbox_index.len(), inner.inbox.len());
+        inner.outbox_index.retain(|_, state| !matches!(state, OutboxState::Published(at) if *at < horizon));
+        inner.inbox.retain(|_, recorded| *recorded >= horizon);
+        let gone = |before: usize, after: usize| (before - after) as u64;
+        Ok(PruneReport::new(gone(outbox_before, inner.outbox_index.len()), gone(inbox_before, inner.inbox.len())))
     }
 }

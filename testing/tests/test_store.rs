@@ -1,12 +1,11 @@
 //! TestStore: exhaustive state assertions, received actions, virtual time, and failures that explain
 //! themselves.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use composable_rust_core::{Effect, EventBus, EventStore, EventStoreOperation, ExpectedVersion, Reducer, SerializedEvent, StreamId, smallvec};
+use composable_rust_core::{Effect, ExpectedVersion, Reducer, SerializedEvent, StreamId, Topic, smallvec};
 use composable_rust_runtime::EffectRecord;
-use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore, TestStore};
+use composable_rust_testing::TestStore;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Search {
@@ -26,24 +25,19 @@ enum Action {
     Cancel,
 }
 
-struct Env {
-    store: Arc<dyn EventStore>,
-    bus: Arc<dyn EventBus>,
-}
-
 struct SearchReducer;
 
 impl Reducer for SearchReducer {
     type State = Search;
     type Action = Action;
-    type Environment = Env;
+    type Environment = ();
 
-    fn reduce(&self, state: &mut Search, action: Action, env: &Env) -> composable_rust_core::Effects<Action> {
+    fn reduce(&self, state: &mut Search, action: Action, (): &()) -> composable_rust_core::Effects<Action> {
         match action {
             Action::Type(q) => {
                 state.query = q;
                 // Debounce: each keystroke restarts a 300 ms timer.
-                smallvec![Effect::delay(Duration::from_millis(300), Action::Search).cancellable("debounce", true)]
+                smallvec![Effect::delay(Duration::from_millis(300), Action::Search).cancel_in_flight("debounce")]
             }
             Action::Search => {
                 state.searching = true;
@@ -58,15 +52,10 @@ impl Reducer for SearchReducer {
             Action::Save => {
                 let event = SerializedEvent::new("SearchSaved.v1", state.query.clone().into_bytes(), None);
                 smallvec![
-                    Effect::EventStore(EventStoreOperation::AppendEvents {
-                        event_store: Arc::clone(&env.store),
-                        stream_id: StreamId::new("search-1").unwrap(),
-                        expected_version: ExpectedVersion::Any,
-                        events: vec![event.clone()],
-                        on_success: Some(Box::new(|r| Action::Saved(r.next_expected_version.0))),
-                        on_error: None,
-                    }),
-                    Effect::publish(Arc::clone(&env.bus), "search.events", event),
+                    Effect::append(StreamId::new("search-1").unwrap(), ExpectedVersion::Any, vec![event])
+                        .publish_to(Topic::new("search.events").unwrap())
+                        .on_success(|r| Action::Saved(r.next_expected_version.0))
+                        .into()
                 ]
             }
             Action::Saved(v) => {
@@ -79,7 +68,7 @@ impl Reducer for SearchReducer {
 }
 
 fn store() -> TestStore<SearchReducer> {
-    TestStore::new(Search::default(), SearchReducer, Env { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) })
+    TestStore::new(Search::default(), SearchReducer, ())
 }
 
 #[tokio::test]
@@ -133,7 +122,7 @@ async fn receiving_the_wrong_action_fails() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "effect(s) still running (1 waiting on the TestClock)")]
+#[should_panic(expected = "effect run(s) still running (1 waiting on the TestClock)")]
 async fn ending_with_an_unfinished_delay_fails() {
     let mut s = store();
     s.send(Action::Type("r".into()), |st| st.query = "r".into());
@@ -161,15 +150,14 @@ async fn non_exhaustive_mode_allows_unreceived_actions() {
 #[test]
 fn inspect_reads_nested_effects_in_order_without_running_them() {
     use composable_rust_core::inspect;
-    let env = Env { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) };
     let mut state = Search { query: "q".into(), ..Search::default() };
-    let saved = SearchReducer.reduce(&mut state, Action::Save, &env).into_vec();
+    let saved = SearchReducer.reduce(&mut state, Action::Save, &()).into_vec();
     let nested: Vec<Effect<Action>> =
-        vec![Effect::Parallel(vec![Effect::Sequential(saved).cancellable("save", false), Effect::delay(Duration::from_secs(1), Action::Search)])];
-    assert_eq!(inspect::kinds(&nested), vec!["append_events", "publish_event", "delay"]);
+        vec![Effect::Parallel(vec![Effect::Sequential(saved).cancellable("save"), Effect::delay(Duration::from_secs(1), Action::Search)])];
+    assert_eq!(inspect::kinds(&nested), vec!["append", "delay"]);
     let appends = inspect::appends(&nested);
     assert_eq!((appends[0].stream_id.as_str(), appends[0].expected_version, appends[0].events.len()), ("search-1", ExpectedVersion::Any, 1));
-    let publishes = inspect::publishes(&nested);
-    assert_eq!(publishes[0].topic, "search.events");
-    assert_eq!(publishes[0].event.event_id, appends[0].events[0].event_id, "the publish is of the appended event");
+    // The publish is part of the append (its outbox intent), no longer a separate effect.
+    assert_eq!(appends[0].publish_to, vec![Topic::new("search.events").unwrap()]);
+    assert!(inspect::publishes(&nested).is_empty(), "no publish of an unstored event");
 }

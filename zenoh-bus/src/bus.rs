@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{
     BusMessage, CodecError, ConsumerGroup, Delivery, EventBus, EventBusError, EventStream, SerializedEvent, SharedAck, SubscribeOptions, Topic, TopicPattern,
@@ -106,9 +107,14 @@ impl SharedAck for Feed {
     }
 
     fn nack(&self, message: Arc<BusMessage>, attempt: u32) -> Result<(), EventBusError> {
-        self.tx
-            .try_send(Item::Again(message, attempt + 1))
-            .map_err(|e| EventBusError::AckFailed { reason: format!("cannot queue the redelivery: {e}; the subscription is full or closed") })
+        self.tx.try_send(Item::Again(message, attempt + 1)).map_err(|e| {
+            // Keep flume's error, not the message it holds back.
+            let cause = match e {
+                flume::TrySendError::Full(_) => flume::TrySendError::Full(()),
+                flume::TrySendError::Disconnected(_) => flume::TrySendError::Disconnected(()),
+            };
+            EventBusError::ack_failed(BusCause::context("cannot queue the redelivery (consume faster or raise subscriber_capacity)", cause))
+        })
     }
 }
 
@@ -211,7 +217,7 @@ impl ZenohEventBus {
         self.subscribe_with(&[&key], SubscribeOptions::exclusive()).await
     }
 
-    fn put(&self, key: String, event: &SerializedEvent, attachment: ZBytes) -> Result<(), String> {
+    fn put(&self, key: String, event: &SerializedEvent, attachment: ZBytes) -> Result<(), BusCause> {
         let payload = ZBytes::from(event.data.clone());
         if let Some(history) = &self.inner.history {
             history.retain(&key, &payload, &attachment);
@@ -224,10 +230,10 @@ impl ZenohEventBus {
             // sample after `publish` already said Ok.
             .congestion_control(CongestionControl::Block)
             .wait()
-            .map_err(|e| e.to_string())
+            .map_err(BusCause::from_boxed)
     }
 
-    fn open_feed(&self, key_exprs: &[String], filter: &Filter, group: String) -> Result<Feed, String> {
+    fn open_feed(&self, key_exprs: &[String], filter: &Filter, group: String) -> Result<Feed, BusCause> {
         let (tx, rx) = flume::bounded(self.inner.config.subscriber_capacity);
         let missed = Arc::new(AtomicU64::new(0));
         let mut subscribers = Vec::with_capacity(key_exprs.len());
@@ -246,7 +252,7 @@ impl ZenohEventBus {
                     }
                 })
                 .wait()
-                .map_err(|e| format!("key expression {key_expr:?}: {e}"))?;
+                .map_err(|e| BusCause::context(format!("cannot subscribe to key expression {key_expr:?}"), BusCause::from_boxed(e)))?;
             subscribers.push(subscriber);
         }
         let replay = self.inner.config.replay_history;
@@ -267,7 +273,7 @@ impl ZenohEventBus {
                         }
                     })
                     .wait()
-                    .map_err(|e| format!("history query {key_expr:?}: {e}"))?;
+                    .map_err(|e| BusCause::context(format!("cannot query the history of {key_expr:?}"), BusCause::from_boxed(e)))?;
             }
         }
         let recent = replay.then(|| Mutex::new(RecentIds::default()));
@@ -279,15 +285,12 @@ impl ZenohEventBus {
 fn key_exprs_for(topics: &[&str]) -> Result<(Vec<String>, Filter), EventBusError> {
     if topics.iter().any(|t| t.contains('/')) {
         if let Some(t) = topics.iter().find(|t| !t.contains('/')) {
-            return Err(EventBusError::SubscribeFailed {
-                patterns: topics.iter().map(ToString::to_string).collect(),
-                reason: format!("{t:?} is a topic pattern among native key expressions: subscribe to each kind separately"),
-            });
+            let reason = format!("{t:?} is a topic pattern among native key expressions: subscribe to each kind separately");
+            return Err(EventBusError::subscribe_failed(topics, BusCause::msg(reason)));
         }
         for t in topics {
-            zenoh::key_expr::KeyExpr::try_from(*t).map_err(|e| EventBusError::SubscribeFailed {
-                patterns: topics.iter().map(ToString::to_string).collect(),
-                reason: format!("{t:?} is not a valid Zenoh key expression: {e}"),
+            zenoh::key_expr::KeyExpr::try_from(*t).map_err(|e| {
+                EventBusError::subscribe_failed(topics, BusCause::context(format!("{t:?} is not a valid Zenoh key expression"), BusCause::from_boxed(e)))
             })?;
         }
         return Ok((topics.iter().map(ToString::to_string).collect(), Filter::Native));
@@ -310,7 +313,7 @@ impl EventBus for ZenohEventBus {
         let span = tracing::debug_span!("zenoh.publish", topic = %topic, event_type = %event.event_type, event_id = %event.event_id);
         let _enter = span.enter();
         let attachment = metadata::encode(event);
-        let failed = |reason: String| EventBusError::PublishFailed { topic: topic.to_string(), reason, retryable: true };
+        let failed = |cause: BusCause| EventBusError::publish_failed(topic.as_str(), cause, true);
         if let Some(session_id) = event.metadata.headers.get(SESSION_HEADER) {
             self.put(keys::session_event_key(session_id, &topic, event), event, attachment.clone()).map_err(failed)?;
         }
@@ -325,7 +328,7 @@ impl EventBus for ZenohEventBus {
 
     async fn subscribe_with(&self, topics: &[&str], options: SubscribeOptions) -> Result<EventStream, EventBusError> {
         let (exprs, filter) = key_exprs_for(topics)?;
-        let failed = |reason: String| EventBusError::SubscribeFailed { patterns: topics.iter().map(ToString::to_string).collect(), reason };
+        let failed = |cause: BusCause| EventBusError::subscribe_failed(topics, cause);
         let _span = tracing::debug_span!("zenoh.subscribe", key_exprs = ?exprs, group = ?options.group).entered();
         match options.group {
             ConsumerGroup::Exclusive => {

@@ -143,6 +143,24 @@ async fn mixing_patterns_and_native_expressions_or_bad_expressions_is_refused() 
     assert!(err.to_string().contains("subscribe to each kind separately"), "{err}");
     let err = bus.subscribe(&["events//x"]).await.err().unwrap();
     assert!(matches!(err, EventBusError::SubscribeFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("is not a valid Zenoh key expression"), "{err}");
+    // EventBusError -> what was being done -> zenoh's own error.
+    let cause = std::error::Error::source(&err).expect("a source");
+    assert!(cause.source().is_some_and(|zenoh| !zenoh.to_string().is_empty()), "zenoh's error is lost: {cause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_into_a_full_subscription_keeps_the_queue_error() {
+    let bus = ZenohEventBus::open(ZenohConfig::embedded().subscriber_capacity(1)).await.unwrap();
+    let mut s = bus.subscribe_with(&["Order"], SubscribeOptions::group("g")).await.unwrap();
+    bus.publish("Order", &stream_event("order-1", 1)).await.unwrap();
+    let d = next(&mut s, "first").await.unwrap();
+    bus.publish("Order", &stream_event("order-1", 2)).await.unwrap();
+    let err = d.nack().await.expect_err("no room to queue the redelivery");
+    let EventBusError::AckFailed { source } = &err else { panic!("expected AckFailed, got {err:?}") };
+    assert!(matches!(source.downcast_ref::<flume::TrySendError<()>>(), Some(flume::TrySendError::Full(()))), "{source:?}");
+    assert!(err.to_string().contains("raise subscriber_capacity"), "{err}");
+    assert!(err.is_retryable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

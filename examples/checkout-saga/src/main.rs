@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use checkout_saga::app::{self, BusChoice, Config, Role, StoreChoice};
+use checkout_saga::app::{self, BusChoice, Config, Faults, Role, StoreChoice};
 use clap::Parser;
 
 /// Runs N checkouts through the Order, Inventory and Payment aggregates and the CheckoutSaga, then
@@ -21,9 +21,15 @@ struct Args {
     /// Every K-th order asks for an out-of-stock SKU (0: never).
     #[arg(long, default_value_t = 11)]
     out_of_stock_every: usize,
-    /// Seed for SKUs and quantities.
+    /// Seed for SKUs, quantities and injected faults.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Probability that a delivery is handed to the saga a second time, after the first was handled.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    duplicate_deliveries: f64,
+    /// Probability that a store append or bus publish fails retryably, half the time after it took effect.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    transient_failures: f64,
     /// Stocked SKUs.
     #[arg(long, default_value_t = 8)]
     skus: usize,
@@ -66,6 +72,13 @@ struct Args {
     verbose: bool,
 }
 
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -103,6 +116,7 @@ fn main() -> ExitCode {
         bus,
         namespace: args.namespace.clone(),
         role,
+        faults: Faults { duplicate_deliveries: args.duplicate_deliveries, transient_failures: args.transient_failures, seed: args.seed },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -10,14 +10,12 @@
 //!          Cancel order (no charge)               Release stock + Cancel order
 //! ```
 
-use std::sync::Arc;
-
-use composable_rust_core::{CodecError, CommandHandler, Effect, Effects, Reducer, Saga, SagaInput, SerializedEvent, smallvec};
+use composable_rust_core::{CodecError, Dispatch, DomainEvent, Effect, Effects, Reducer, Saga, SagaInput, SerializedEvent, smallvec};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::inventory::{self, InventoryCommand, InventoryReleased, InventoryReservationFailed, InventoryReserved};
-use crate::domain::order::{self, CancelReason, OrderCancelled, OrderCommand, OrderConfirmed, OrderLine, OrderPlaced};
-use crate::domain::payment::{self, PaymentCaptured, PaymentCommand, PaymentDeclined};
+use crate::domain::inventory::{self, InventoryCommand, InventoryEvent, InventoryReleased, InventoryReservationFailed, InventoryReserved};
+use crate::domain::order::{self, CancelReason, OrderCancelled, OrderCommand, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced};
+use crate::domain::payment::{self, PaymentCaptured, PaymentCommand, PaymentDeclined, PaymentEvent};
 use crate::domain::{INVENTORY_TOPIC, ORDER_TOPIC, PAYMENT_TOPIC};
 
 /// Where a checkout is.
@@ -74,61 +72,53 @@ pub enum CheckoutAction {
     InventoryReleased(InventoryReleased),
 }
 
-/// Handles of the aggregates the saga commands.
-#[derive(Clone)]
-pub struct CheckoutEnv {
-    /// Order aggregate.
-    pub orders: Arc<dyn CommandHandler>,
-    /// Inventory aggregate.
-    pub inventory: Arc<dyn CommandHandler>,
-    /// Payment aggregate.
-    pub payments: Arc<dyn CommandHandler>,
-}
-
-/// The saga reducer.
+/// The saga reducer. It needs no environment: the commands it dispatches are routed by the
+/// runtime to the aggregate handlers registered for their types.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckoutSaga;
 
-fn cancel(env: &CheckoutEnv, order_id: &str, reason: CancelReason) -> Effect<CheckoutAction> {
-    Effect::dispatch(Arc::clone(&env.orders), OrderCommand::Cancel { order_id: order_id.to_string(), reason }, Some(order_id.to_string()))
+fn cancel(order_id: &str, reason: CancelReason) -> Effect<CheckoutAction> {
+    Dispatch::new(OrderCommand::Cancel { order_id: order_id.to_string(), reason }).correlated(order_id).into()
+}
+
+fn command<C: std::any::Any + Send + Sync + std::fmt::Debug + PartialEq>(command: C, order_id: &str) -> Effect<CheckoutAction> {
+    Dispatch::new(command).correlated(order_id).into()
 }
 
 impl Reducer for CheckoutSaga {
     type State = CheckoutState;
     type Action = CheckoutAction;
-    type Environment = CheckoutEnv;
+    type Environment = ();
 
-    fn reduce(&self, state: &mut CheckoutState, action: CheckoutAction, env: &CheckoutEnv) -> Effects<CheckoutAction> {
+    fn reduce(&self, state: &mut CheckoutState, action: CheckoutAction, (): &()) -> Effects<CheckoutAction> {
         let id = state.order_id.clone();
-        let correlation = Some(id.clone());
         match (action, &state.step) {
             (CheckoutAction::OrderPlaced(placed), CheckoutStep::Started) => {
                 state.step = CheckoutStep::ReservingStock;
-                let command = InventoryCommand::Reserve { sku: placed.line.sku.clone(), order_id: id, quantity: placed.line.quantity };
+                let reserve = InventoryCommand::Reserve { sku: placed.line.sku.clone(), order_id: id.clone(), quantity: placed.line.quantity };
                 state.line = Some(placed.line);
-                smallvec![Effect::dispatch(Arc::clone(&env.inventory), command, correlation)]
+                smallvec![command(reserve, &id)]
             }
             (CheckoutAction::InventoryReserved(_), CheckoutStep::ReservingStock) => {
                 state.step = CheckoutStep::TakingPayment;
                 let Some(line) = &state.line else { return smallvec![] };
-                let command = PaymentCommand::Capture { order_id: id, amount_cents: line.amount_cents, card_token: line.card_token.clone() };
-                smallvec![Effect::dispatch(Arc::clone(&env.payments), command, correlation)]
+                let capture = PaymentCommand::Capture { order_id: id.clone(), amount_cents: line.amount_cents, card_token: line.card_token.clone() };
+                smallvec![command(capture, &id)]
             }
             (CheckoutAction::InventoryReservationFailed(_), CheckoutStep::ReservingStock) => {
                 state.step = CheckoutStep::Cancelling(CancelReason::OutOfStock);
-                smallvec![cancel(env, &id, CancelReason::OutOfStock)]
+                smallvec![cancel(&id, CancelReason::OutOfStock)]
             }
             (CheckoutAction::PaymentCaptured(_), CheckoutStep::TakingPayment) => {
                 state.step = CheckoutStep::Confirming;
-                smallvec![Effect::dispatch(Arc::clone(&env.orders), OrderCommand::Confirm { order_id: id.clone() }, correlation)]
+                smallvec![command(OrderCommand::Confirm { order_id: id.clone() }, &id)]
             }
             (CheckoutAction::PaymentDeclined(_), CheckoutStep::TakingPayment) => {
                 state.step = CheckoutStep::Cancelling(CancelReason::PaymentDeclined);
                 let Some(line) = &state.line else { return smallvec![] };
                 // Compensate in order: give the stock back, then cancel the order.
-                let release =
-                    Effect::dispatch(Arc::clone(&env.inventory), InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, correlation);
-                smallvec![release, cancel(env, &id, CancelReason::PaymentDeclined)]
+                let release = command(InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, &id);
+                smallvec![release, cancel(&id, CancelReason::PaymentDeclined)]
             }
             (CheckoutAction::OrderConfirmed(_), CheckoutStep::Confirming) => {
                 state.step = CheckoutStep::Confirmed;
@@ -162,16 +152,27 @@ impl Saga for CheckoutSaga {
     }
 
     fn decode(&self, event: &SerializedEvent) -> Result<Option<SagaInput<CheckoutAction>>, CodecError> {
-        let action = match event.event_type.as_str() {
-            order::event_types::PLACED => CheckoutAction::OrderPlaced(event.decode_data()?),
-            order::event_types::CONFIRMED => CheckoutAction::OrderConfirmed(event.decode_data()?),
-            order::event_types::CANCELLED => CheckoutAction::OrderCancelled(event.decode_data()?),
-            inventory::event_types::RESERVED => CheckoutAction::InventoryReserved(event.decode_data()?),
-            inventory::event_types::RELEASED => CheckoutAction::InventoryReleased(event.decode_data()?),
-            inventory::event_types::RESERVATION_FAILED => CheckoutAction::InventoryReservationFailed(event.decode_data()?),
-            payment::event_types::CAPTURED => CheckoutAction::PaymentCaptured(event.decode_data()?),
-            payment::event_types::DECLINED => CheckoutAction::PaymentDeclined(event.decode_data()?),
-            _ => return Ok(None),
+        let known = |types: &[&str]| types.contains(&event.event_type.as_str());
+        let action = if known(&[order::event_types::PLACED, order::event_types::CONFIRMED, order::event_types::CANCELLED]) {
+            match OrderEvent::from_serialized(event)? {
+                OrderEvent::Placed(e) => CheckoutAction::OrderPlaced(e),
+                OrderEvent::Confirmed(e) => CheckoutAction::OrderConfirmed(e),
+                OrderEvent::Cancelled(e) => CheckoutAction::OrderCancelled(e),
+            }
+        } else if known(&[inventory::event_types::RESERVED, inventory::event_types::RESERVATION_FAILED, inventory::event_types::RELEASED]) {
+            match InventoryEvent::from_serialized(event)? {
+                InventoryEvent::Reserved(e) => CheckoutAction::InventoryReserved(e),
+                InventoryEvent::ReservationFailed(e) => CheckoutAction::InventoryReservationFailed(e),
+                InventoryEvent::Released(e) => CheckoutAction::InventoryReleased(e),
+                InventoryEvent::StockAdded(_) => return Ok(None),
+            }
+        } else if known(&[payment::event_types::CAPTURED, payment::event_types::DECLINED]) {
+            match PaymentEvent::from_serialized(event)? {
+                PaymentEvent::Captured(e) => CheckoutAction::PaymentCaptured(e),
+                PaymentEvent::Declined(e) => CheckoutAction::PaymentDeclined(e),
+            }
+        } else {
+            return Ok(None);
         };
         let instance_id = match &action {
             CheckoutAction::OrderPlaced(e) => e.order_id.clone(),

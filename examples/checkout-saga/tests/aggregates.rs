@@ -1,138 +1,159 @@
-//! Deterministic unit tests of the three aggregates with `TestStore`.
+//! The three aggregates, given/when/then on their decisions, and once through the real
+//! `AggregateHandler` to see each decision stored with its expected version, then published.
 
 use std::sync::Arc;
 
-use checkout_saga::domain::inventory::{InventoryAggregate, InventoryCommand, InventoryState};
-use checkout_saga::domain::order::{CancelReason, OrderAggregate, OrderCommand, OrderLine, OrderState, OrderStatus};
-use checkout_saga::domain::payment::{DECLINED_CARD, PaymentAggregate, PaymentCommand, PaymentState, PaymentStatus};
-use checkout_saga::domain::{DomainEnv, INVENTORY_TOPIC, ORDER_TOPIC, PAYMENT_TOPIC};
-use composable_rust_core::{Aggregate, ExpectedVersion, Version};
-use composable_rust_runtime::EffectRecord;
-use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore, TestStore};
-
-fn env() -> DomainEnv {
-    DomainEnv { store: Arc::new(InMemoryEventStore::new()), bus: Arc::new(InMemoryEventBus::new()) }
-}
+use checkout_saga::domain::inventory::{
+    InventoryAggregate, InventoryCommand, InventoryError, InventoryEvent, InventoryReleased, InventoryReservationFailed, InventoryReserved, InventoryState,
+    StockAdded,
+};
+use checkout_saga::domain::order::{OrderAggregate, OrderCommand, OrderConfirmed, OrderError, OrderEvent, OrderLine, OrderPlaced, OrderStatus};
+use checkout_saga::domain::payment::{DECLINED_CARD, PaymentAggregate, PaymentCaptured, PaymentCommand, PaymentDeclined, PaymentEvent};
+use checkout_saga::domain::{ORDER_TOPIC, PAYMENT_TOPIC};
+use composable_rust_core::{Aggregate, EventBus, ExpectedVersion, SubscribeOptions, Version};
+use composable_rust_runtime::{AggregateError, AggregateHandler, EffectObserver, EffectRecord, Executor};
+use composable_rust_testing::{AggregateScenario, InMemoryEventBus, InMemoryEventStore};
+use futures::StreamExt;
+use parking_lot::Mutex;
 
 fn line(card: &str) -> OrderLine {
     OrderLine { sku: "sku-1".into(), quantity: 2, amount_cents: 2_000, card_token: card.into() }
 }
 
-/// `(stream, expected version, event types)` of the appends, and `(topic, event type)` of the publishes.
-type AppendSeen = (String, ExpectedVersion, Vec<String>);
+fn placed(id: &str) -> OrderEvent {
+    OrderEvent::Placed(OrderPlaced { order_id: id.into(), line: line("tok") })
+}
 
-fn io(log: &[EffectRecord]) -> (Vec<AppendSeen>, Vec<(String, String)>) {
-    let mut appends = Vec::new();
-    let mut publishes = Vec::new();
-    for r in log {
-        match r {
-            EffectRecord::Append { stream_id, expected_version, event_types, outcome: Ok(_), .. } => {
-                appends.push((stream_id.to_string(), *expected_version, event_types.clone()));
-            }
-            EffectRecord::Publish { topic, event_type, outcome: Ok(()), .. } => publishes.push((topic.clone(), event_type.clone())),
-            other => panic!("unexpected effect record {other:?}"),
-        }
+#[test]
+fn an_order_is_placed_then_confirmed_once() {
+    AggregateScenario::new(OrderAggregate, (), "o-1")
+        .when(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") })
+        .then_events(&[placed("o-1")]);
+    AggregateScenario::new(OrderAggregate, (), "o-1")
+        .given([placed("o-1")])
+        .when(OrderCommand::Confirm { order_id: "o-1".into() })
+        .then_events(&[OrderEvent::Confirmed(OrderConfirmed { order_id: "o-1".into() })]);
+    AggregateScenario::new(OrderAggregate, (), "o-1")
+        .given([placed("o-1"), OrderEvent::Confirmed(OrderConfirmed { order_id: "o-1".into() })])
+        .when(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") })
+        .then_nothing();
+}
+
+#[test]
+fn an_order_with_an_empty_line_or_never_placed_is_rejected() {
+    let empty = OrderLine { quantity: 0, ..line("tok") };
+    AggregateScenario::new(OrderAggregate, (), "o-2")
+        .when(OrderCommand::Place { order_id: "o-2".into(), line: empty })
+        .then_rejected(&OrderError::EmptyLine { order_id: "o-2".into() });
+    AggregateScenario::new(OrderAggregate, (), "o-3")
+        .when(OrderCommand::Confirm { order_id: "o-3".into() })
+        .then_rejected(&OrderError::NotPlaced { order_id: "o-3".into() });
+}
+
+#[test]
+fn inventory_reserves_when_in_stock_refuses_otherwise_and_releases() {
+    let stocked = InventoryEvent::StockAdded(StockAdded { quantity: 3 });
+    let reserved = InventoryEvent::Reserved(InventoryReserved { order_id: "o-1".into(), sku: "sku-1".into(), quantity: 2 });
+    AggregateScenario::new(InventoryAggregate, (), "sku-1")
+        .given([stocked.clone()])
+        .when(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-1".into(), quantity: 2 })
+        .then_events(&[reserved.clone()])
+        .then_state(&InventoryState { sku: "sku-1".into(), available: 1, reservations: [("o-1".to_string(), 2)].into(), restocked: 3 });
+    AggregateScenario::new(InventoryAggregate, (), "sku-1")
+        .given([stocked.clone(), reserved.clone()])
+        .when(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-1".into(), quantity: 2 })
+        .then_nothing();
+    AggregateScenario::new(InventoryAggregate, (), "sku-1")
+        .given([stocked.clone(), reserved.clone()])
+        .when(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-2".into(), quantity: 2 })
+        .then_events(&[InventoryEvent::ReservationFailed(InventoryReservationFailed {
+            order_id: "o-2".into(),
+            sku: "sku-1".into(),
+            requested: 2,
+            available: 1,
+        })]);
+    AggregateScenario::new(InventoryAggregate, (), "sku-1")
+        .given([stocked.clone(), reserved.clone()])
+        .when(InventoryCommand::Release { sku: "sku-1".into(), order_id: "o-1".into() })
+        .then_events(&[InventoryEvent::Released(InventoryReleased { order_id: "o-1".into(), sku: "sku-1".into(), quantity: 2 })])
+        .then_state(&InventoryState { sku: "sku-1".into(), available: 3, reservations: [].into(), restocked: 3 });
+    AggregateScenario::new(InventoryAggregate, (), "sku-1")
+        .given([stocked])
+        .when(InventoryCommand::Restock { sku: "sku-1".into(), quantity: 0 })
+        .then_rejected(&InventoryError::ZeroRestock { sku: "sku-1".into() });
+}
+
+#[test]
+fn inventory_state_survives_a_snapshot_round_trip() {
+    let state = InventoryState { sku: "sku-9".into(), available: 4, reservations: [("o-1".to_string(), 2)].into(), restocked: 6 };
+    let bytes = InventoryAggregate::encode_state(&state).expect("snapshots enabled").expect("encodes");
+    assert_eq!(InventoryAggregate::decode_state(&bytes).expect("decodes"), state);
+}
+
+#[test]
+fn payment_captures_once_or_declines() {
+    let capture = PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: "tok_ok".into() };
+    let captured = PaymentEvent::Captured(PaymentCaptured { order_id: "o-1".into(), amount_cents: 2_000 });
+    AggregateScenario::new(PaymentAggregate, (), "o-1").when(capture.clone()).then_events(&[captured.clone()]);
+    AggregateScenario::new(PaymentAggregate, (), "o-1").given([captured]).when(capture).then_nothing();
+    AggregateScenario::new(PaymentAggregate, (), "o-2")
+        .when(PaymentCommand::Capture { order_id: "o-2".into(), amount_cents: 500, card_token: DECLINED_CARD.into() })
+        .then_events(&[PaymentEvent::Declined(PaymentDeclined { order_id: "o-2".into(), reason: "card declined by issuer".into() })]);
+}
+
+#[derive(Default)]
+struct Log(Mutex<Vec<EffectRecord>>);
+
+impl EffectObserver for Log {
+    fn observe(&self, record: EffectRecord) {
+        self.0.lock().push(record);
     }
-    (appends, publishes)
 }
 
 #[tokio::test]
-async fn an_order_is_placed_then_confirmed_and_each_step_is_persisted_then_published() {
-    let mut store = TestStore::new(OrderAggregate.initial_state("o-1"), OrderAggregate, env());
-    store.send(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") }, |s| {
-        s.status = OrderStatus::Placed;
-        s.line = Some(line("tok"));
-        s.version = Version(1);
-    });
-    store.send(OrderCommand::Confirm { order_id: "o-1".into() }, |s| {
-        s.status = OrderStatus::Confirmed;
-        s.version = Version(2);
-    });
-    store.send(OrderCommand::Cancel { order_id: "o-1".into(), reason: CancelReason::OutOfStock }, |_| {});
-    store.settle().await;
-    let (appends, publishes) = io(&store.effect_log());
+async fn each_decision_is_stored_with_its_expected_version_then_published() {
+    let bus = Arc::new(InMemoryEventBus::new());
+    let mut orders_topic = bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.unwrap();
+    let log = Arc::new(Log::default());
+    let executor = Executor::builder().store(Arc::new(InMemoryEventStore::new())).bus(bus.clone()).observer(log.clone()).build();
+    let orders = AggregateHandler::new(OrderAggregate, (), executor.clone());
+    orders.send(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") }).await.unwrap();
+    orders.send(OrderCommand::Confirm { order_id: "o-1".into() }).await.unwrap();
+    orders.send(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") }).await.unwrap();
+    let rejected = orders.send(OrderCommand::Confirm { order_id: "o-9".into() }).await;
+    assert!(matches!(rejected, Err(AggregateError::Rejected(OrderError::NotPlaced { .. }))), "{rejected:?}");
+
+    let appends: Vec<(ExpectedVersion, Vec<String>)> = log
+        .0
+        .lock()
+        .iter()
+        .filter_map(|r| match r {
+            EffectRecord::Append { expected_version, event_types, outcome: Ok(_), .. } => Some((*expected_version, event_types.clone())),
+            _ => None,
+        })
+        .collect();
     assert_eq!(
         appends,
-        vec![
-            ("order-o-1".into(), ExpectedVersion::NoStream, vec!["OrderPlaced.v1".into()]),
-            ("order-o-1".into(), ExpectedVersion::Exact(Version(1)), vec!["OrderConfirmed.v1".into()]),
-        ]
+        vec![(ExpectedVersion::NoStream, vec!["OrderPlaced.v1".to_string()]), (ExpectedVersion::Exact(Version(1)), vec!["OrderConfirmed.v1".to_string()])]
     );
-    assert_eq!(publishes, vec![(ORDER_TOPIC.into(), "OrderPlaced.v1".into()), (ORDER_TOPIC.into(), "OrderConfirmed.v1".into())]);
-    store.finish().await;
-}
+    for expected in ["OrderPlaced.v1", "OrderConfirmed.v1"] {
+        let delivery = orders_topic.next().await.unwrap().unwrap();
+        assert_eq!(delivery.event().event_type, expected);
+        assert!(delivery.event().stream_version.is_some(), "the published event is the stored one");
+    }
+    let state = orders.load("o-1", None).await.unwrap().state;
+    assert_eq!(state.status, OrderStatus::Confirmed);
 
-#[tokio::test]
-async fn placing_twice_changes_nothing() {
-    let placed = OrderState { id: "o-2".into(), version: Version(1), status: OrderStatus::Placed, line: Some(line("tok")) };
-    let mut store = TestStore::new(placed, OrderAggregate, env());
-    store.send(OrderCommand::Place { order_id: "o-2".into(), line: line("tok") }, |_| {});
-    store.finish().await;
-}
-
-#[tokio::test]
-async fn inventory_reserves_when_in_stock_refuses_otherwise_and_releases() {
-    let mut store = TestStore::new(InventoryAggregate.initial_state("sku-1"), InventoryAggregate, env());
-    store.send(InventoryCommand::Restock { sku: "sku-1".into(), quantity: 3 }, |s| {
-        s.available = 3;
-        s.restocked = 3;
-        s.version = Version(1);
-    });
-    store.send(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-1".into(), quantity: 2 }, |s| {
-        s.available = 1;
-        s.reservations.insert("o-1".into(), 2);
-        s.version = Version(2);
-    });
-    store.send(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-1".into(), quantity: 2 }, |_| {});
-    store.send(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-2".into(), quantity: 2 }, |s| s.version = Version(3));
-    store.send(InventoryCommand::Release { sku: "sku-1".into(), order_id: "o-1".into() }, |s| {
-        s.available = 3;
-        s.reservations.clear();
-        s.version = Version(4);
-    });
-    store.send(InventoryCommand::Release { sku: "sku-1".into(), order_id: "o-1".into() }, |_| {});
-    store.settle().await;
-    let (appends, publishes) = io(&store.effect_log());
-    let types: Vec<String> = appends.iter().flat_map(|a| a.2.clone()).collect();
-    assert_eq!(types, vec!["StockAdded.v1", "InventoryReserved.v1", "InventoryReservationFailed.v1", "InventoryReleased.v1"]);
-    assert_eq!(
-        publishes,
-        vec![
-            (INVENTORY_TOPIC.into(), "InventoryReserved.v1".into()),
-            (INVENTORY_TOPIC.into(), "InventoryReservationFailed.v1".into()),
-            (INVENTORY_TOPIC.into(), "InventoryReleased.v1".into()),
-        ],
-        "restocking is persisted but not published"
-    );
-    store.finish().await;
-}
-
-#[tokio::test]
-async fn inventory_state_survives_a_snapshot_round_trip() {
-    let state = InventoryState { sku: "sku-9".into(), version: Version(7), available: 4, reservations: [("o-1".to_string(), 2)].into(), restocked: 6 };
-    let bytes = InventoryAggregate.snapshot(&state).expect("snapshots enabled").expect("encodes");
-    assert_eq!(InventoryAggregate.restore(&bytes, Version(7)).expect("decodes"), state);
-}
-
-#[tokio::test]
-async fn payment_captures_or_declines() {
-    let mut store = TestStore::new(PaymentAggregate.initial_state("o-1"), PaymentAggregate, env());
-    store.send(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: "tok_ok".into() }, |s| {
-        s.status = PaymentStatus::Captured;
-        s.captured_cents = 2_000;
-        s.version = Version(1);
-    });
-    store.send(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: "tok_ok".into() }, |_| {});
-    store.settle().await;
-    assert_eq!(store.published(), vec![(PAYMENT_TOPIC.into(), "PaymentCaptured.v1".into())], "a second capture charges nothing");
-    store.finish().await;
-
-    let mut store = TestStore::new(PaymentState { order_id: "o-2".into(), ..PaymentState::default() }, PaymentAggregate, env());
-    store.send(PaymentCommand::Capture { order_id: "o-2".into(), amount_cents: 500, card_token: DECLINED_CARD.into() }, |s| {
-        s.status = PaymentStatus::Declined;
-        s.version = Version(1);
-    });
-    store.settle().await;
-    assert_eq!(store.published(), vec![(PAYMENT_TOPIC.into(), "PaymentDeclined.v1".into())]);
-    store.finish().await;
+    let payments = AggregateHandler::new(PaymentAggregate, (), executor);
+    payments.send(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 10, card_token: "t".into() }).await.unwrap();
+    let published: Vec<String> = log
+        .0
+        .lock()
+        .iter()
+        .filter_map(|r| match r {
+            EffectRecord::Publish { topic, outcome: Ok(()), stored: true, .. } => Some(topic.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![ORDER_TOPIC.to_string(), ORDER_TOPIC.to_string(), PAYMENT_TOPIC.to_string()]);
 }

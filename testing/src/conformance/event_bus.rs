@@ -72,6 +72,7 @@ where
     if caps.consumer_groups {
         group_members_share_the_work(factory().await, caps).await;
         different_groups_each_get_everything(factory().await, caps).await;
+        default_groups_of_different_topic_sets_are_different(factory().await, caps).await;
     } else {
         tracing::warn!("bus conformance: consumer group cases not applicable to this bus");
     }
@@ -212,6 +213,30 @@ pub async fn different_groups_each_get_everything(bus: Arc<dyn EventBus>, caps: 
         }
         got.sort_unstable();
         assert_eq!(got, (0..N).collect::<Vec<_>>(), "{name} must get every event");
+    }
+}
+
+/// `subscribe` (the default group) to two different sets of topics that read alike once joined with
+/// `-` (`[x-m, xz]` and `[x, m-xz]`): the sets must get different groups, each receiving every
+/// event of its own topics, never sharing (splitting) them or refusing the second subscription.
+pub async fn default_groups_of_different_topic_sets_are_different(bus: Arc<dyn EventBus>, caps: BusCapabilities) {
+    let x = topic("dg");
+    let (first, second) = ([format!("{x}-m"), format!("{x}z")], [x.clone(), format!("m-{x}z")]);
+    let mut s1 = bus.subscribe(&first.each_ref().map(String::as_str)).await.expect("subscribe to the first set");
+    let mut s2 = bus.subscribe(&second.each_ref().map(String::as_str)).await.expect("subscribe to the second set (its own default group)");
+    settle(&caps).await;
+    for (i, t) in (0u32..).zip(first.iter().chain(&second)) {
+        bus.publish(t, &event(i)).await.expect("publish");
+    }
+    for (name, s, want) in [("first set", &mut s1, [0, 1]), ("second set", &mut s2, [2, 3])] {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let d = next(s, &caps, name).await;
+            got.push(number(&d));
+            d.ack().await.expect("ack");
+        }
+        got.sort_unstable();
+        assert_eq!(got, want, "the {name} must get every event of its topics");
     }
 }
 

@@ -1,10 +1,11 @@
 //! The event-store conformance suite. Every case panics with an explanation on failure.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use composable_rust_core::event_store::MAX_EVENT_PAYLOAD_BYTES;
+use composable_rust_core::event_store::{MAX_EVENT_PAYLOAD_BYTES, PruneReport};
 use composable_rust_core::{
     AppendRequest, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, SerializedEvent, Snapshot, StreamId, Topic,
     Version,
@@ -48,6 +49,7 @@ where
     outbox_intents_are_stored_with_the_append(factory().await).await;
     inbox_marks_let_a_consumer_handle_an_event_once(factory().await).await;
     concurrent_writers_never_duplicate_a_version(factory().await).await;
+    prune_deletes_only_what_was_published_or_marked_before_the_horizon(factory().await).await;
 }
 
 /// Versions start at 1 and are consecutive; events read back as written, with stream id, version and
@@ -281,4 +283,82 @@ pub async fn inbox_marks_let_a_consumer_handle_an_event_once(store: Arc<dyn Even
         .append(AppendRequest::new(second, ExpectedVersion::NoStream, vec![event(3)]).with_inbox(unique("other-consumer"), handled))
         .await
         .expect("another consumer");
+}
+
+/// How far apart in time [`prune_deletes_only_what_was_published_or_marked_before_the_horizon`]
+/// keeps what it prunes and what it keeps: more than the store's timestamp resolution (SQLite records
+/// milliseconds) and than the skew between this machine's clock and the store's (PostgreSQL records
+/// the server's `now()`).
+const PRUNE_MARGIN: Duration = Duration::from_millis(100);
+
+/// `prune(horizon)` deletes the outbox entries marked published before the horizon and the inbox
+/// marks recorded before it, and reports how many; it keeps pending outbox entries however old,
+/// entries published and marks recorded after the horizon, and every event. Once a consumer's mark is
+/// pruned, the inbox no longer refuses a redelivery of that event (the documented price of
+/// retention); a mark still kept does.
+///
+/// The case prunes the whole store up to a moment it has just passed, so on a shared database it also
+/// deletes other published outbox entries and inbox marks older than that, which retention allows;
+/// its exact counts assume nobody else publishes or marks in the store while it runs.
+pub async fn prune_deletes_only_what_was_published_or_marked_before_the_horizon(store: Arc<dyn EventStore>) {
+    // What earlier cases (or earlier runs on a shared database) published or marked goes first, so
+    // that the counts below are this case's own.
+    tokio::time::sleep(PRUNE_MARGIN).await;
+    store.prune(Utc::now()).await.expect("prune what came before");
+    assert_eq!(store.prune(Utc::now()).await.expect("prune again"), PruneReport::default(), "nothing left to prune");
+
+    let s = stream();
+    let topic = Topic::new(&unique("prune")).expect("topic");
+    let consumer = unique("consumer");
+    let (handled_early, handled_late) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let early = vec![event(1), event(2)];
+    let (published_early, pending_early) = (early[0].event_id, early[1].event_id);
+    let mut request = AppendRequest::new(s.clone(), ExpectedVersion::NoStream, early).with_inbox(&consumer, handled_early);
+    request.outbox = vec![OutboxIntent { topic: topic.clone(), event_id: published_early }, OutboxIntent { topic: topic.clone(), event_id: pending_early }];
+    store.append(request).await.expect("early append");
+    store.mark_published(published_early, &topic).await.expect("mark");
+
+    tokio::time::sleep(PRUNE_MARGIN).await;
+    let horizon = Utc::now();
+    tokio::time::sleep(PRUNE_MARGIN).await;
+
+    let late = event(3);
+    let published_late = late.event_id;
+    let mut request = AppendRequest::new(s.clone(), ExpectedVersion::Exact(Version(2)), vec![late]).with_inbox(&consumer, handled_late);
+    request.outbox = vec![OutboxIntent { topic: topic.clone(), event_id: published_late }];
+    store.append(request).await.expect("late append");
+    store.mark_published(published_late, &topic).await.expect("mark");
+
+    let report = store.prune(horizon).await.expect("prune");
+    assert_eq!(
+        (report.outbox_rows, report.inbox_marks),
+        (1, 1),
+        "the entry published and the mark recorded before the horizon go; those after it, and the pending entry, stay"
+    );
+    assert_eq!(store.prune(horizon).await.expect("prune again"), PruneReport::default(), "pruning to the same horizon again finds nothing");
+
+    let pending: Vec<uuid::Uuid> =
+        store.pending_publications(10_000).await.expect("pending").into_iter().filter(|p| p.topic == topic).map(|p| p.event.event_id).collect();
+    assert_eq!(pending, vec![pending_early], "a pending entry survives pruning, however old");
+    let events = store.read_stream(&s, Version(1), 10).await.expect("read");
+    assert_eq!(events.len(), 3, "pruning never deletes events");
+
+    let err = store
+        .append(AppendRequest::new(stream(), ExpectedVersion::NoStream, vec![event(4)]).with_inbox(&consumer, handled_late))
+        .await
+        .expect_err("a kept mark still refuses the redelivery");
+    assert!(matches!(&err, EventStoreError::AlreadyProcessed { event_id, .. } if *event_id == handled_late), "{err:?}");
+    store
+        .append(AppendRequest::new(stream(), ExpectedVersion::NoStream, vec![event(5)]).with_inbox(&consumer, handled_early))
+        .await
+        .expect("once its mark is pruned, a redelivery of an event handled before the horizon is no longer recognised");
+
+    tokio::time::sleep(PRUNE_MARGIN).await;
+    let report = store.prune(Utc::now()).await.expect("prune to now");
+    assert_eq!((report.outbox_rows, report.inbox_marks), (1, 2), "what was recent goes once the horizon passes it");
+    let pending: Vec<uuid::Uuid> =
+        store.pending_publications(10_000).await.expect("pending").into_iter().filter(|p| p.topic == topic).map(|p| p.event.event_id).collect();
+    assert_eq!(pending, vec![pending_early], "the pending entry is still there");
+    store.mark_published(pending_early, &topic).await.expect("marking a long-pending entry");
+    assert!(store.pending_publications(10_000).await.expect("pending").iter().all(|p| p.topic != topic));
 }

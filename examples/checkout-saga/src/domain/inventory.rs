@@ -4,18 +4,16 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use composable_rust_core::{Aggregate, CodecError, Effects, Reducer, SerializedEvent, Version, decode_payload, encode_payload, smallvec};
+use composable_rust_core::{Aggregate, CodecError, DomainEvent, Topic, decode_payload, encode_payload};
 use serde::{Deserialize, Serialize};
 
-use super::{DomainEnv, INVENTORY_TOPIC, persist_then_publish, stream_of};
+use super::{INVENTORY_TOPIC, topic};
 
 /// Stock of one SKU.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InventoryState {
-    /// SKU.
+    /// The SKU.
     pub sku: String,
-    /// Stream version.
-    pub version: Version,
     /// Units not reserved.
     pub available: u32,
     /// Units reserved, by order.
@@ -27,27 +25,27 @@ pub struct InventoryState {
 /// Commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InventoryCommand {
-    /// Add stock (setup; not published).
+    /// Add stock.
     Restock {
-        /// SKU.
+        /// The SKU.
         sku: String,
         /// Units.
         quantity: u32,
     },
     /// Reserve units for an order.
     Reserve {
-        /// SKU.
+        /// The SKU.
         sku: String,
-        /// Order.
+        /// The order.
         order_id: String,
         /// Units.
         quantity: u32,
     },
-    /// Release an order's reservation (compensation).
+    /// Give an order's reservation back.
     Release {
-        /// SKU.
+        /// The SKU.
         sku: String,
-        /// Order.
+        /// The order.
         order_id: String,
     },
 }
@@ -62,9 +60,9 @@ pub struct StockAdded {
 /// `InventoryReserved.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReserved {
-    /// Order.
+    /// The order.
     pub order_id: String,
-    /// SKU.
+    /// The SKU.
     pub sku: String,
     /// Units.
     pub quantity: u32,
@@ -73,25 +71,38 @@ pub struct InventoryReserved {
 /// `InventoryReservationFailed.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReservationFailed {
-    /// Order.
+    /// The order.
     pub order_id: String,
-    /// SKU.
+    /// The SKU.
     pub sku: String,
-    /// Units asked.
+    /// Units asked for.
     pub requested: u32,
-    /// Units available then.
+    /// Units there were.
     pub available: u32,
 }
 
 /// `InventoryReleased.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReleased {
-    /// Order.
+    /// The order.
     pub order_id: String,
-    /// SKU.
+    /// The SKU.
     pub sku: String,
-    /// Units back in stock.
+    /// Units given back.
     pub quantity: u32,
+}
+
+/// The events of a SKU's stock (new variants go at the end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryEvent {
+    /// Stock added.
+    StockAdded(StockAdded),
+    /// Reserved.
+    Reserved(InventoryReserved),
+    /// Not enough stock.
+    ReservationFailed(InventoryReservationFailed),
+    /// Released.
+    Released(InventoryReleased),
 }
 
 /// Event type names.
@@ -106,102 +117,109 @@ pub mod event_types {
     pub const RELEASED: &str = "InventoryReleased.v1";
 }
 
-/// The Inventory reducer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InventoryAggregate;
-
-impl Reducer for InventoryAggregate {
-    type State = InventoryState;
-    type Action = InventoryCommand;
-    type Environment = DomainEnv;
-
-    fn reduce(&self, state: &mut InventoryState, command: InventoryCommand, env: &DomainEnv) -> Effects<InventoryCommand> {
-        let Some(stream) = stream_of(Self::AGGREGATE_TYPE, &Self::aggregate_id(&command)) else { return smallvec![] };
-        let loaded = state.version;
-        match command {
-            InventoryCommand::Restock { sku, quantity } => {
-                state.available += quantity;
-                state.restocked += quantity;
-                state.version = loaded.next();
-                // Restocking is internal: persisted, not published.
-                let [append, _publish] = persist_then_publish(env, &stream, loaded, INVENTORY_TOPIC, event_types::STOCK_ADDED, &StockAdded { quantity }, &sku);
-                smallvec![append]
-            }
-            InventoryCommand::Reserve { sku, order_id, quantity } => {
-                if state.reservations.contains_key(&order_id) {
-                    return smallvec![];
-                }
-                state.version = loaded.next();
-                if quantity > 0 && quantity <= state.available {
-                    state.available -= quantity;
-                    state.reservations.insert(order_id.clone(), quantity);
-                    let event = InventoryReserved { order_id: order_id.clone(), sku, quantity };
-                    persist_then_publish(env, &stream, loaded, INVENTORY_TOPIC, event_types::RESERVED, &event, &order_id).into_iter().collect()
-                } else {
-                    let event = InventoryReservationFailed { order_id: order_id.clone(), sku, requested: quantity, available: state.available };
-                    persist_then_publish(env, &stream, loaded, INVENTORY_TOPIC, event_types::RESERVATION_FAILED, &event, &order_id).into_iter().collect()
-                }
-            }
-            InventoryCommand::Release { sku, order_id } => {
-                let Some(quantity) = state.reservations.remove(&order_id) else { return smallvec![] };
-                state.available += quantity;
-                state.version = loaded.next();
-                let event = InventoryReleased { order_id: order_id.clone(), sku, quantity };
-                persist_then_publish(env, &stream, loaded, INVENTORY_TOPIC, event_types::RELEASED, &event, &order_id).into_iter().collect()
-            }
+impl DomainEvent for InventoryEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            InventoryEvent::StockAdded(_) => event_types::STOCK_ADDED,
+            InventoryEvent::Reserved(_) => event_types::RESERVED,
+            InventoryEvent::ReservationFailed(_) => event_types::RESERVATION_FAILED,
+            InventoryEvent::Released(_) => event_types::RELEASED,
         }
     }
 }
 
+/// Why an inventory command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    /// Restocking nothing.
+    #[error("restock of {sku}: the quantity must be positive")]
+    ZeroRestock {
+        /// The SKU.
+        sku: String,
+    },
+}
+
+/// The Inventory aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InventoryAggregate;
+
 impl Aggregate for InventoryAggregate {
     const AGGREGATE_TYPE: &'static str = "inventory";
+    type State = InventoryState;
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = InventoryError;
+    type Environment = ();
 
-    fn aggregate_id(command: &InventoryCommand) -> String {
+    fn aggregate_id(command: &InventoryCommand) -> &str {
         match command {
-            InventoryCommand::Restock { sku, .. } | InventoryCommand::Reserve { sku, .. } | InventoryCommand::Release { sku, .. } => sku.clone(),
+            InventoryCommand::Restock { sku, .. } | InventoryCommand::Reserve { sku, .. } | InventoryCommand::Release { sku, .. } => sku,
         }
     }
 
-    fn initial_state(&self, id: &str) -> InventoryState {
+    fn initial_state(id: &str) -> InventoryState {
         InventoryState { sku: id.to_string(), ..InventoryState::default() }
     }
 
-    fn apply(&self, state: &mut InventoryState, event: &SerializedEvent) -> Result<(), CodecError> {
-        match event.event_type.as_str() {
-            event_types::STOCK_ADDED => {
-                let e: StockAdded = event.decode_data()?;
+    fn handle(&self, state: &InventoryState, command: InventoryCommand, (): &()) -> Result<Vec<InventoryEvent>, InventoryError> {
+        match command {
+            InventoryCommand::Restock { sku, quantity } => {
+                if quantity == 0 {
+                    return Err(InventoryError::ZeroRestock { sku });
+                }
+                Ok(vec![InventoryEvent::StockAdded(StockAdded { quantity })])
+            }
+            InventoryCommand::Reserve { sku, order_id, quantity } => {
+                if state.reservations.contains_key(&order_id) {
+                    return Ok(Vec::new());
+                }
+                if quantity > 0 && quantity <= state.available {
+                    Ok(vec![InventoryEvent::Reserved(InventoryReserved { order_id, sku, quantity })])
+                } else {
+                    Ok(vec![InventoryEvent::ReservationFailed(InventoryReservationFailed { order_id, sku, requested: quantity, available: state.available })])
+                }
+            }
+            InventoryCommand::Release { sku, order_id } => Ok(state
+                .reservations
+                .get(&order_id)
+                .map(|&quantity| InventoryEvent::Released(InventoryReleased { order_id, sku, quantity }))
+                .into_iter()
+                .collect()),
+        }
+    }
+
+    fn apply(state: &mut InventoryState, event: &InventoryEvent) {
+        match event {
+            InventoryEvent::StockAdded(e) => {
                 state.available += e.quantity;
                 state.restocked += e.quantity;
             }
-            event_types::RESERVED => {
-                let e: InventoryReserved = event.decode_data()?;
+            InventoryEvent::Reserved(e) => {
                 state.available -= e.quantity.min(state.available);
-                state.reservations.insert(e.order_id, e.quantity);
+                state.reservations.insert(e.order_id.clone(), e.quantity);
             }
-            event_types::RESERVATION_FAILED => {}
-            event_types::RELEASED => {
-                let e: InventoryReleased = event.decode_data()?;
+            InventoryEvent::ReservationFailed(_) => {}
+            InventoryEvent::Released(e) => {
                 if state.reservations.remove(&e.order_id).is_some() {
                     state.available += e.quantity;
                 }
             }
-            other => return Err(CodecError::UnknownEventType { event_type: other.to_string() }),
         }
-        state.version = event.stream_version.unwrap_or(state.version.next());
-        Ok(())
     }
 
-    fn snapshot(&self, state: &InventoryState) -> Option<Result<Bytes, CodecError>> {
+    fn topic() -> Option<Topic> {
+        topic(INVENTORY_TOPIC)
+    }
+
+    fn encode_state(state: &InventoryState) -> Option<Result<Bytes, CodecError>> {
         Some(encode_payload(state))
     }
 
-    fn restore(&self, bytes: &[u8], version: Version) -> Result<InventoryState, CodecError> {
-        let mut state: InventoryState = decode_payload(bytes)?;
-        state.version = version;
-        Ok(state)
+    fn decode_state(bytes: &[u8]) -> Result<InventoryState, CodecError> {
+        decode_payload(bytes)
     }
 
-    fn snapshot_every(&self) -> u64 {
+    fn snapshot_every() -> u64 {
         50
     }
 }

@@ -1,9 +1,9 @@
 //! The Order aggregate: placed, then confirmed or cancelled.
 
-use composable_rust_core::{Aggregate, CodecError, Effects, Reducer, SerializedEvent, Version, smallvec};
+use composable_rust_core::{Aggregate, DomainEvent, Topic};
 use serde::{Deserialize, Serialize};
 
-use super::{DomainEnv, ORDER_TOPIC, persist_then_publish, stream_of};
+use super::{ORDER_TOPIC, topic};
 
 /// Why an order was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +33,6 @@ pub enum OrderStatus {
 pub struct OrderState {
     /// Order id.
     pub id: String,
-    /// Stream version.
-    pub version: Version,
     /// Status.
     pub status: OrderStatus,
     /// The line ordered, once placed.
@@ -103,6 +101,17 @@ pub struct OrderCancelled {
     pub reason: CancelReason,
 }
 
+/// The events of an order (new variants go at the end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    /// Placed.
+    Placed(OrderPlaced),
+    /// Confirmed.
+    Confirmed(OrderConfirmed),
+    /// Cancelled.
+    Cancelled(OrderCancelled),
+}
+
 /// Event type names.
 pub mod event_types {
     /// Order placed.
@@ -113,83 +122,86 @@ pub mod event_types {
     pub const CANCELLED: &str = "OrderCancelled.v1";
 }
 
-/// The Order reducer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OrderAggregate;
-
-impl Reducer for OrderAggregate {
-    type State = OrderState;
-    type Action = OrderCommand;
-    type Environment = DomainEnv;
-
-    fn reduce(&self, state: &mut OrderState, command: OrderCommand, env: &DomainEnv) -> Effects<OrderCommand> {
-        let Some(stream) = stream_of(Self::AGGREGATE_TYPE, &Self::aggregate_id(&command)) else { return smallvec![] };
-        let loaded = state.version;
-        match (command, &state.status) {
-            (OrderCommand::Place { order_id, line }, OrderStatus::New) => {
-                let event = OrderPlaced { order_id: order_id.clone(), line: line.clone() };
-                state.id.clone_from(&order_id);
-                state.status = OrderStatus::Placed;
-                state.line = Some(line);
-                state.version = loaded.next();
-                persist_then_publish(env, &stream, loaded, ORDER_TOPIC, event_types::PLACED, &event, &order_id).into_iter().collect()
-            }
-            (OrderCommand::Confirm { order_id }, OrderStatus::Placed) => {
-                state.status = OrderStatus::Confirmed;
-                state.version = loaded.next();
-                persist_then_publish(env, &stream, loaded, ORDER_TOPIC, event_types::CONFIRMED, &OrderConfirmed { order_id: order_id.clone() }, &order_id)
-                    .into_iter()
-                    .collect()
-            }
-            (OrderCommand::Cancel { order_id, reason }, OrderStatus::Placed) => {
-                state.status = OrderStatus::Cancelled(reason);
-                state.version = loaded.next();
-                persist_then_publish(
-                    env,
-                    &stream,
-                    loaded,
-                    ORDER_TOPIC,
-                    event_types::CANCELLED,
-                    &OrderCancelled { order_id: order_id.clone(), reason },
-                    &order_id,
-                )
-                .into_iter()
-                .collect()
-            }
-            (command, status) => {
-                // Commands that do not fit the status (a duplicate place, a late cancel) change nothing.
-                tracing::debug!(?command, ?status, "order command ignored");
-                smallvec![]
-            }
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            OrderEvent::Placed(_) => event_types::PLACED,
+            OrderEvent::Confirmed(_) => event_types::CONFIRMED,
+            OrderEvent::Cancelled(_) => event_types::CANCELLED,
         }
     }
 }
 
+/// Why an order command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// A line with no units or no amount.
+    #[error("order {order_id}: a line needs at least one unit and a positive amount")]
+    EmptyLine {
+        /// The order.
+        order_id: String,
+    },
+    /// Confirming or cancelling an order that was never placed.
+    #[error("order {order_id} was never placed")]
+    NotPlaced {
+        /// The order.
+        order_id: String,
+    },
+}
+
+/// The Order aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderAggregate;
+
 impl Aggregate for OrderAggregate {
     const AGGREGATE_TYPE: &'static str = "order";
+    type State = OrderState;
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OrderError;
+    type Environment = ();
 
-    fn aggregate_id(command: &OrderCommand) -> String {
+    fn aggregate_id(command: &OrderCommand) -> &str {
         match command {
-            OrderCommand::Place { order_id, .. } | OrderCommand::Confirm { order_id } | OrderCommand::Cancel { order_id, .. } => order_id.clone(),
+            OrderCommand::Place { order_id, .. } | OrderCommand::Confirm { order_id } | OrderCommand::Cancel { order_id, .. } => order_id,
         }
     }
 
-    fn initial_state(&self, id: &str) -> OrderState {
+    fn initial_state(id: &str) -> OrderState {
         OrderState { id: id.to_string(), ..OrderState::default() }
     }
 
-    fn apply(&self, state: &mut OrderState, event: &SerializedEvent) -> Result<(), CodecError> {
-        match event.event_type.as_str() {
-            event_types::PLACED => {
-                let e: OrderPlaced = event.decode_data()?;
-                state.status = OrderStatus::Placed;
-                state.line = Some(e.line);
+    fn handle(&self, state: &OrderState, command: OrderCommand, (): &()) -> Result<Vec<OrderEvent>, OrderError> {
+        match (command, &state.status) {
+            (OrderCommand::Place { order_id, line }, OrderStatus::New) => {
+                if line.quantity == 0 || line.amount_cents == 0 {
+                    return Err(OrderError::EmptyLine { order_id });
+                }
+                Ok(vec![OrderEvent::Placed(OrderPlaced { order_id, line })])
             }
-            event_types::CONFIRMED => state.status = OrderStatus::Confirmed,
-            event_types::CANCELLED => state.status = OrderStatus::Cancelled(event.decode_data::<OrderCancelled>()?.reason),
-            other => return Err(CodecError::UnknownEventType { event_type: other.to_string() }),
+            (OrderCommand::Confirm { order_id } | OrderCommand::Cancel { order_id, .. }, OrderStatus::New) => Err(OrderError::NotPlaced { order_id }),
+            (OrderCommand::Confirm { order_id }, OrderStatus::Placed) => Ok(vec![OrderEvent::Confirmed(OrderConfirmed { order_id })]),
+            (OrderCommand::Cancel { order_id, reason }, OrderStatus::Placed) => Ok(vec![OrderEvent::Cancelled(OrderCancelled { order_id, reason })]),
+            (command, status) => {
+                // A duplicate place, a late cancel: already decided, nothing to do.
+                tracing::debug!(?command, ?status, "order command changes nothing");
+                Ok(Vec::new())
+            }
         }
-        state.version = event.stream_version.unwrap_or(state.version.next());
-        Ok(())
+    }
+
+    fn apply(state: &mut OrderState, event: &OrderEvent) {
+        match event {
+            OrderEvent::Placed(e) => {
+                state.status = OrderStatus::Placed;
+                state.line = Some(e.line.clone());
+            }
+            OrderEvent::Confirmed(_) => state.status = OrderStatus::Confirmed,
+            OrderEvent::Cancelled(e) => state.status = OrderStatus::Cancelled(e.reason),
+        }
+    }
+
+    fn topic() -> Option<Topic> {
+        topic(ORDER_TOPIC)
     }
 }

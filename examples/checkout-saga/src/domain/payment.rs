@@ -1,14 +1,14 @@
 //! The Payment aggregate: one per order; captures or declines.
 
-use composable_rust_core::{Aggregate, CodecError, Effects, Reducer, SerializedEvent, Version, smallvec};
+use composable_rust_core::{Aggregate, DomainEvent, Topic};
 use serde::{Deserialize, Serialize};
 
-use super::{DomainEnv, PAYMENT_TOPIC, persist_then_publish, stream_of};
+use super::{PAYMENT_TOPIC, topic};
 
-/// The card token the simulated payment provider always declines.
+/// The card token the fake payment provider always declines.
 pub const DECLINED_CARD: &str = "tok_declined";
 
-/// Payment status.
+/// Where a payment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaymentStatus {
     /// Nothing happened yet.
@@ -20,23 +20,23 @@ pub enum PaymentStatus {
     Declined,
 }
 
-/// A payment.
+/// One order's payment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PaymentState {
     /// Order id.
     pub order_id: String,
-    /// Stream version.
-    pub version: Version,
     /// Status.
     pub status: PaymentStatus,
     /// Amount captured.
     pub captured_cents: u64,
+    /// How many captures succeeded (more than one would be a double charge).
+    pub captures: u32,
 }
 
 /// Commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentCommand {
-    /// Capture the amount.
+    /// Take the money.
     Capture {
         /// Order id.
         order_id: String,
@@ -65,67 +65,92 @@ pub struct PaymentDeclined {
     pub reason: String,
 }
 
+/// The events of a payment (new variants go at the end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentEvent {
+    /// Captured.
+    Captured(PaymentCaptured),
+    /// Declined.
+    Declined(PaymentDeclined),
+}
+
 /// Event type names.
 pub mod event_types {
-    /// Captured.
+    /// Payment captured.
     pub const CAPTURED: &str = "PaymentCaptured.v1";
-    /// Declined.
+    /// Payment declined.
     pub const DECLINED: &str = "PaymentDeclined.v1";
 }
 
-/// The Payment reducer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PaymentAggregate;
-
-impl Reducer for PaymentAggregate {
-    type State = PaymentState;
-    type Action = PaymentCommand;
-    type Environment = DomainEnv;
-
-    fn reduce(&self, state: &mut PaymentState, command: PaymentCommand, env: &DomainEnv) -> Effects<PaymentCommand> {
-        let PaymentCommand::Capture { order_id, amount_cents, card_token } = command;
-        let Some(stream) = stream_of(Self::AGGREGATE_TYPE, &order_id) else { return smallvec![] };
-        if state.status != PaymentStatus::None {
-            return smallvec![];
-        }
-        let loaded = state.version;
-        state.order_id.clone_from(&order_id);
-        state.version = loaded.next();
-        if card_token == DECLINED_CARD {
-            state.status = PaymentStatus::Declined;
-            let event = PaymentDeclined { order_id: order_id.clone(), reason: "card declined by issuer".into() };
-            persist_then_publish(env, &stream, loaded, PAYMENT_TOPIC, event_types::DECLINED, &event, &order_id).into_iter().collect()
-        } else {
-            state.status = PaymentStatus::Captured;
-            state.captured_cents = amount_cents;
-            let event = PaymentCaptured { order_id: order_id.clone(), amount_cents };
-            persist_then_publish(env, &stream, loaded, PAYMENT_TOPIC, event_types::CAPTURED, &event, &order_id).into_iter().collect()
+impl DomainEvent for PaymentEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            PaymentEvent::Captured(_) => event_types::CAPTURED,
+            PaymentEvent::Declined(_) => event_types::DECLINED,
         }
     }
 }
 
+/// Why a payment command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    /// Capturing nothing.
+    #[error("payment for {order_id}: the amount must be positive")]
+    ZeroAmount {
+        /// The order.
+        order_id: String,
+    },
+}
+
+/// The Payment aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaymentAggregate;
+
 impl Aggregate for PaymentAggregate {
     const AGGREGATE_TYPE: &'static str = "payment";
+    type State = PaymentState;
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Error = PaymentError;
+    type Environment = ();
 
-    fn aggregate_id(command: &PaymentCommand) -> String {
+    fn aggregate_id(command: &PaymentCommand) -> &str {
         let PaymentCommand::Capture { order_id, .. } = command;
-        order_id.clone()
+        order_id
     }
 
-    fn initial_state(&self, id: &str) -> PaymentState {
+    fn initial_state(id: &str) -> PaymentState {
         PaymentState { order_id: id.to_string(), ..PaymentState::default() }
     }
 
-    fn apply(&self, state: &mut PaymentState, event: &SerializedEvent) -> Result<(), CodecError> {
-        match event.event_type.as_str() {
-            event_types::CAPTURED => {
-                state.status = PaymentStatus::Captured;
-                state.captured_cents = event.decode_data::<PaymentCaptured>()?.amount_cents;
-            }
-            event_types::DECLINED => state.status = PaymentStatus::Declined,
-            other => return Err(CodecError::UnknownEventType { event_type: other.to_string() }),
+    fn handle(&self, state: &PaymentState, command: PaymentCommand, (): &()) -> Result<Vec<PaymentEvent>, PaymentError> {
+        let PaymentCommand::Capture { order_id, amount_cents, card_token } = command;
+        if state.status != PaymentStatus::None {
+            // Already decided: capturing again would charge twice.
+            return Ok(Vec::new());
         }
-        state.version = event.stream_version.unwrap_or(state.version.next());
-        Ok(())
+        if amount_cents == 0 {
+            return Err(PaymentError::ZeroAmount { order_id });
+        }
+        if card_token == DECLINED_CARD {
+            Ok(vec![PaymentEvent::Declined(PaymentDeclined { order_id, reason: "card declined by issuer".into() })])
+        } else {
+            Ok(vec![PaymentEvent::Captured(PaymentCaptured { order_id, amount_cents })])
+        }
+    }
+
+    fn apply(state: &mut PaymentState, event: &PaymentEvent) {
+        match event {
+            PaymentEvent::Captured(e) => {
+                state.status = PaymentStatus::Captured;
+                state.captured_cents += e.amount_cents;
+                state.captures += 1;
+            }
+            PaymentEvent::Declined(_) => state.status = PaymentStatus::Declined,
+        }
+    }
+
+    fn topic() -> Option<Topic> {
+        topic(PAYMENT_TOPIC)
     }
 }

@@ -1,0 +1,13 @@
+//! The checkout scenario as an application, split by concern: what to run ([`config`]), what it
+//! runs on ([`wiring`]), what it does ([`scenario`]), how it is checked ([`verify`]), and the faults
+//! it can be put through ([`faults`]).
+
+pub mod config;
+pub mod faults;
+pub mod scenario;
+pub mod verify;
+pub mod wiring;
+
+pub use config::{AppError, BusChoice, Config, DISCONTINUED_SKU, Role, StoreChoice};
+pub use faults::Faults;
+pub use scenario::{Expected, PlannedOrder, Report, WorkerReport, plan_orders, run, run_worker};

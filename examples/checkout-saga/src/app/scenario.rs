@@ -1,0 +1,325 @@
+//! The scenario: a deterministic mix of orders, placed concurrently, waited for, then verified.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use composable_rust_core::SubscribeOptions;
+use composable_rust_runtime::outbox::{OutboxRelay, RelayConfig, spawn_relay};
+use composable_rust_runtime::{DeadLetterSink, SagaRunner};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::config::{AppError, Config, DISCONTINUED_SKU, Role, StoreChoice};
+use super::verify::{Invariants, check_invariants, check_stock, head_position, verify_orders};
+use super::wiring::Wiring;
+use crate::domain::ORDER_TOPIC;
+use crate::domain::inventory::InventoryCommand;
+use crate::domain::order::{self, OrderCommand, OrderLine};
+use crate::domain::payment::DECLINED_CARD;
+use crate::saga::CheckoutSaga;
+use composable_rust_core::Saga;
+
+/// What a worker process did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    /// Saga steps applied by this process.
+    pub saga_steps: u64,
+    /// Redeliveries this process recognised and skipped.
+    pub saga_duplicates: u64,
+    /// Dead letters recorded.
+    pub dead_letters: u64,
+    /// Events this process published (those of the commands its saga steps dispatched).
+    pub events_published: u64,
+}
+
+/// Runs saga workers until `stop` resolves (a worker process's standard input closing).
+pub async fn run_worker(config: &Config, ready: impl FnOnce(), stop: impl Future<Output = ()>) -> Result<WorkerReport, AppError> {
+    if config.store == StoreChoice::Memory {
+        return Err(AppError::Setup("a worker process needs a store shared with the driver: --store sqlite:PATH or postgres://...".into()));
+    }
+    let w = Wiring::new(config).await?;
+    let relay = spawn_relay(w.relay(), Duration::from_secs(1));
+    let mut workers = Vec::new();
+    for _ in 0..config.workers.max(1) {
+        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+    }
+    ready();
+    stop.await;
+    relay.shutdown().await;
+    let mut report = WorkerReport::default();
+    for worker in workers {
+        let stats = worker.shutdown().await;
+        report.saga_steps += stats.applied;
+        report.saga_duplicates += stats.duplicates;
+    }
+    report.dead_letters = w.dead_letters.total();
+    report.events_published = w.published();
+    Ok(report)
+}
+
+/// The expected end of one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Paid and confirmed.
+    Confirmed,
+    /// Cancelled for lack of stock, never charged.
+    OutOfStock,
+    /// Card declined, stock released.
+    Declined,
+}
+
+/// One generated order.
+#[derive(Debug, Clone)]
+pub struct PlannedOrder {
+    /// Order id.
+    pub order_id: String,
+    /// The line.
+    pub line: OrderLine,
+    /// How it must end.
+    pub expected: Expected,
+}
+
+/// The deterministic order mix for a config. `run` tags the order ids, so that runs against a
+/// persistent store never collide.
+pub fn plan_orders(config: &Config, run: &str) -> Vec<PlannedOrder> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    (1..=config.orders)
+        .map(|n| {
+            let expected = if config.out_of_stock_every > 0 && n % config.out_of_stock_every == 0 {
+                Expected::OutOfStock
+            } else if config.decline_every > 0 && n % config.decline_every == 0 {
+                Expected::Declined
+            } else {
+                Expected::Confirmed
+            };
+            let sku_index = rng.random_range(0..config.skus.max(1));
+            let quantity = rng.random_range(1..=3u32);
+            let sku = if expected == Expected::OutOfStock { DISCONTINUED_SKU.to_string() } else { format!("sku-{sku_index}") };
+            let unit_price = 1_000 + 250 * sku_index as u64;
+            let card_token = if expected == Expected::Declined { DECLINED_CARD.to_string() } else { format!("tok_visa_{n}") };
+            PlannedOrder {
+                order_id: format!("order-{run}-{n:06}"),
+                line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token },
+                expected,
+            }
+        })
+        .collect()
+}
+
+/// What the run did, as printed by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Orders placed.
+    pub orders: usize,
+    /// Orders confirmed.
+    pub confirmed: usize,
+    /// Orders cancelled.
+    pub cancelled: usize,
+    /// Of which for lack of stock.
+    pub cancelled_out_of_stock: usize,
+    /// Of which for a declined payment.
+    pub cancelled_payment_declined: usize,
+    /// Events in the store (domain events and saga steps).
+    pub events_persisted: usize,
+    /// Events published on the bus.
+    pub events_published: u64,
+    /// SKUs stocked before the orders (each a published `StockAdded` event).
+    pub skus_stocked: usize,
+    /// Wall time of the scenario.
+    pub elapsed_ms: u128,
+    /// Saga steps applied.
+    pub saga_steps: u64,
+    /// Redeliveries recognised by the saga.
+    pub saga_duplicates: u64,
+    /// Dead letters recorded.
+    pub dead_letters: u64,
+    /// Deliveries handed to the saga a second time (`--duplicate-deliveries`).
+    pub injected_duplicates: u64,
+    /// Appends and publishes failed on purpose (`--transient-failures`), before and after taking effect.
+    pub injected_failures: u64,
+    /// Orders charged more than once (must be 0).
+    pub double_charges: usize,
+    /// Whether every SKU's stock balances (restocked = available + reserved, reservations match).
+    pub stock_balanced: bool,
+    /// Whether every order reached its expected final state.
+    pub all_final: bool,
+    /// Decisions stored twice (a second reservation, confirmation, ... of one order; must be 0).
+    pub duplicate_events: usize,
+    /// Outbox entries still unpublished after the run (must be 0).
+    pub outbox_pending: usize,
+    /// Everything that does not add up; empty on success.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+
+/// Runs the scenario.
+pub async fn run(config: &Config) -> Result<Report, AppError> {
+    if config.role == Role::Driver && config.store == StoreChoice::Memory {
+        return Err(AppError::Setup("--role driver needs a store shared with the worker processes: --store sqlite:PATH or postgres://...".into()));
+    }
+    let w = Wiring::new(config).await?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let plan = plan_orders(config, &run);
+    let head_before = head_position(&*w.store).await.map_err(|e| AppError::Store(e.to_string()))?;
+    let started = Instant::now();
+
+    // The relay publishes what the outbox still holds: entries a crashed run never published, and
+    // publishes that failed (at least once; the saga recognises what it has seen). An in-memory store
+    // starts empty, and without injected faults every publish goes through the first time.
+    let relay = (config.store != StoreChoice::Memory || config.faults.any()).then(|| spawn_relay(w.relay(), Duration::from_secs(1)));
+
+    // Watch order outcomes from the bus to know when every checkout is done.
+    let mut outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
+    let mut workers = Vec::new();
+    let in_process_workers = if config.role == Role::Driver { 0 } else { config.workers.max(1) };
+    for _ in 0..in_process_workers {
+        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+    }
+
+    // Stock every SKU with exactly what the orders need plus a margin, so only the discontinued SKU runs out.
+    let mut demand: BTreeMap<String, u32> = BTreeMap::new();
+    for o in plan.iter().filter(|o| o.expected != Expected::OutOfStock) {
+        *demand.entry(o.line.sku.clone()).or_default() += o.line.quantity;
+    }
+    for (sku, quantity) in &demand {
+        w.inventory
+            .send(InventoryCommand::Restock { sku: sku.clone(), quantity: quantity + 5 })
+            .await
+            .map_err(|e| AppError::Setup(format!("restocking {sku}: {e}")))?;
+    }
+
+    let placed = futures::stream::iter(plan.iter())
+        .map(|o| {
+            let orders = Arc::clone(&w.orders);
+            async move { orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await }
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let mut problems: Vec<String> = placed.into_iter().filter_map(Result::err).map(|e| format!("placing an order failed: {e}")).collect();
+
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let finished = wait_for_outcomes(&mut outcomes, plan.len(), deadline).await;
+    if finished < plan.len() {
+        problems.push(format!("{} of {} orders did not reach a final state within {:?}", plan.len() - finished, plan.len(), config.timeout));
+    }
+    // The order's final event is also the saga's last step: wait for the workers to record it.
+    let checker = w.saga_runner();
+    let unfinished_sagas = wait_for_sagas(&checker, &plan, deadline).await?;
+    let elapsed_ms = started.elapsed().as_millis();
+    if unfinished_sagas > 0 {
+        problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
+    }
+    let (mut saga_steps, mut saga_duplicates) = (0, 0);
+    for worker in workers {
+        let stats = worker.shutdown().await;
+        saga_steps += stats.applied;
+        saga_duplicates += stats.duplicates;
+        if stats.lagged_events > 0 {
+            problems.push(format!("a saga worker missed {} events (bus lag)", stats.lagged_events));
+        }
+    }
+    if let Some(relay) = relay {
+        relay.shutdown().await;
+    }
+
+    let verified = verify_orders(&w, &checker, &plan, &mut problems).await?;
+    let stock_problems = check_stock(&plan, &demand, &w.inventory, &run).await?;
+    let stock_balanced = stock_problems.is_empty();
+    problems.extend(stock_problems);
+    let invariants: Invariants = check_invariants(&w, &plan, &mut problems).await?;
+    let head_after = head_position(&*w.store).await.map_err(|e| AppError::Store(e.to_string()))?;
+    if w.dead_letters.total() > 0 {
+        problems.push(format!("{} dead letters, first: {:?}", w.dead_letters.total(), w.dead_letters.letters().first()));
+    }
+    let injected = &w.dice.stats;
+    Ok(Report {
+        orders: plan.len(),
+        confirmed: verified.confirmed,
+        cancelled: verified.out_of_stock + verified.declined,
+        cancelled_out_of_stock: verified.out_of_stock,
+        cancelled_payment_declined: verified.declined,
+        events_persisted: usize::try_from(head_after.1 - head_before.1).unwrap_or(usize::MAX),
+        events_published: w.published(),
+        skus_stocked: demand.len(),
+        elapsed_ms,
+        saga_steps,
+        saga_duplicates,
+        dead_letters: w.dead_letters.total(),
+        injected_duplicates: injected.duplicated.load(std::sync::atomic::Ordering::Relaxed),
+        injected_failures: injected.failed_before.load(std::sync::atomic::Ordering::Relaxed) + injected.failed_after.load(std::sync::atomic::Ordering::Relaxed),
+        double_charges: invariants.double_charges,
+        stock_balanced,
+        all_final: verified.all_final && unfinished_sagas == 0 && finished == plan.len(),
+        duplicate_events: invariants.duplicate_events,
+        outbox_pending: invariants.outbox_pending,
+        problems,
+    })
+}
+
+/// Polls each checkout's saga instance (rebuilt from its stream) until it is complete or the deadline
+/// passes; returns how many are not complete.
+async fn wait_for_sagas(checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder], deadline: tokio::time::Instant) -> Result<usize, AppError> {
+    let mut unfinished = 0;
+    for o in plan {
+        loop {
+            let state = checker.load_instance(&o.order_id).await.map_err(|e| AppError::Setup(e.to_string()))?;
+            if CheckoutSaga.is_complete(&state) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                unfinished += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(unfinished)
+}
+
+/// Counts distinct orders confirmed or cancelled on the bus until `expected` or the deadline.
+async fn wait_for_outcomes(outcomes: &mut composable_rust_core::EventStream, expected: usize, deadline: tokio::time::Instant) -> usize {
+    let mut done: HashSet<String> = HashSet::new();
+    while done.len() < expected {
+        let Ok(Some(item)) = tokio::time::timeout_at(deadline, outcomes.next()).await else { break };
+        let Ok(delivery) = item else { continue };
+        let event = delivery.event();
+        if event.event_type == order::event_types::CONFIRMED || event.event_type == order::event_types::CANCELLED {
+            if let Some(id) = &event.metadata.correlation_id {
+                done.insert(id.clone());
+            }
+        }
+        let _ = delivery.ack().await;
+    }
+    done.len()
+}
+
+impl Wiring {
+    /// An outbox relay for this wiring (through the fault-injecting bus, dead-lettering into the
+    /// run's sink).
+    pub(crate) fn relay(&self) -> OutboxRelay {
+        OutboxRelay::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.dyn_bus),
+            Arc::clone(&self.dead_letters) as Arc<dyn DeadLetterSink>,
+            RelayConfig::default().min_age(Duration::from_millis(500)),
+        )
+    }
+
+    /// One relay pass publishing everything pending now (no minimum age).
+    pub(crate) async fn relay_now(&self) -> Result<composable_rust_runtime::outbox::RelayReport, composable_rust_core::EventStoreError> {
+        OutboxRelay::new(Arc::clone(&self.store), Arc::clone(&self.dyn_bus), Arc::clone(&self.dead_letters) as Arc<dyn DeadLetterSink>, RelayConfig::default())
+            .pass()
+            .await
+    }
+}
