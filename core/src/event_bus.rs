@@ -293,11 +293,13 @@ const GROUP_NAME_NAMESPACE: Uuid = Uuid::from_u128(0x3d6c_52a1_8f0e_4b7a_9c21_5e
 const GROUP_NAME_READABLE_LEN: usize = 31;
 
 /// The default consumer group of a subscription to `patterns`, e.g.
-/// `composable-rust-order.events-payment.events-0f3a9c2e51b7d468`: a readable part (the sorted,
+/// `composable-rust-order.events-payment.events-51ac348092275f3d`: a readable part (the sorted,
 /// de-duplicated patterns joined by `-`, wildcards and characters outside `[A-Za-z0-9._-]` shown as
-/// `_`, cut at 31 characters) and 16 hex digits of a UUID v5 (SHA-1) of the set itself, each pattern
-/// length-prefixed, so two different sets never share a group (`["a-b", "c"]` and `["a", "b-c"]`
-/// read alike but differ in the hash). Order and repetition of the patterns do not matter.
+/// `_`, cut at 31 characters) and the first 16 hex digits (60 bits once the version digit is
+/// discounted) of a UUID v5 (SHA-1) of the set itself, each pattern length-prefixed. The readable
+/// part may be ambiguous (`["a-b", "c"]` and `["a", "b-c"]` read alike); the hash is not, so two
+/// different sets do not share a group short of a SHA-1 collision in 60 bits. Order and repetition
+/// of the patterns do not matter.
 ///
 /// The name is the same in every process and with every Rust version (no `std` hasher), at most 64
 /// characters of `[A-Za-z0-9._-]`: a valid Kafka group id, and a NATS durable name once the NATS bus

@@ -8,6 +8,7 @@
 //! - [`EventStore`] and [`EventBus`]: object-safe traits every backend crate implements;
 //! - [`Aggregate`] and [`Saga`]: reducers whose state lives in event streams;
 //! - [`topic`]: topic names and `*` / `>` patterns with one meaning on every bus;
+//! - [`compose`]: `Scope`, `ForEach`, `IfLet` and `combine` build a parent reducer from children;
 //! - [`inspect`]: read a reducer's effects in tests without running them.
 //!
 //! Backends depend on this crate, never the reverse.
@@ -15,6 +16,7 @@
 pub mod aggregate;
 pub mod clock;
 pub mod command;
+pub mod compose;
 pub mod effect;
 pub mod event;
 pub mod event_bus;
@@ -28,10 +30,11 @@ pub mod topic;
 
 pub use aggregate::{Aggregate, DomainEvent, Reaction};
 pub use clock::Clock;
+pub use compose::{Combine, ForEach, IfLet, Scope, combine};
 pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Rejection};
 pub use effect::{Append, Callback, CancelInFlight, Dispatch, Effect, EffectId, EffectPath, Publish};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
-pub use event_bus::{BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
+pub use event_bus::{BusCause, BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
 pub use event_store::{
     AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot,
 };

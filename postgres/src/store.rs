@@ -370,7 +370,8 @@ impl PostgresEventStore {
     async fn read_horizon(&self) -> Result<i64, EventStoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.map_err(map_err)?;
-        let horizon: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(map_err)?;
+        let horizon: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(horizon)
     }

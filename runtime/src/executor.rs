@@ -33,7 +33,7 @@ use composable_rust_core::{
     EventBus, EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic, Version,
 };
 use futures::FutureExt;
-use futures::future::{Abortable, BoxFuture};
+use futures::future::{AbortRegistration, Abortable, BoxFuture};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -399,10 +399,43 @@ pub struct RunReport {
     pub last_position: Option<GlobalPosition>,
 }
 
-#[derive(Default)]
 struct RunState {
     // 0 = nothing stored; positions start at 1.
     last_position: AtomicU64,
+    /// Cancellable effects registered when their run was started, before the run reached them
+    /// ([`Executor::preregister`]), by path.
+    preregistered: parking_lot::Mutex<Vec<Preregistered>>,
+    shared: Arc<Shared>,
+}
+
+/// A cancellable effect registered ahead of running it.
+struct Preregistered {
+    path: EffectPath,
+    id: EffectId,
+    token: u64,
+    registration: AbortRegistration,
+}
+
+impl RunState {
+    fn new(executor: &Executor) -> Self {
+        Self { last_position: AtomicU64::new(0), preregistered: parking_lot::Mutex::new(Vec::new()), shared: Arc::clone(&executor.shared) }
+    }
+
+    fn take_preregistered(&self, path: &EffectPath) -> Option<Preregistered> {
+        let mut pre = self.preregistered.lock();
+        let i = pre.iter().position(|p| &p.path == path)?;
+        Some(pre.swap_remove(i))
+    }
+}
+
+impl Drop for RunState {
+    /// A run dropped before reaching an effect it registered (cancelled from outside, shut down)
+    /// leaves no registration behind.
+    fn drop(&mut self) {
+        for p in self.preregistered.get_mut().drain(..) {
+            self.shared.cancellations.finished(&p.id, p.token);
+        }
+    }
 }
 
 /// The message of a caught panic.
@@ -459,11 +492,78 @@ impl Executor {
     }
 
     /// Runs `effects` as one sequence (see the module docs).
-    pub async fn run<A: Send + 'static>(&self, effects: Vec<Effect<A>>, feedback: &Feedback<A>, scope: &ExecutionScope) -> Result<RunReport, EffectFailure> {
-        let state = RunState::default();
-        self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state).await?;
-        let p = state.last_position.load(Ordering::Relaxed);
-        Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
+    ///
+    /// The run starts when this is called, not when the future is first polled: the cancellable
+    /// effects it starts with (the first effect, and the first of every branch of a `Parallel` it
+    /// starts with) are registered before this returns, so an `Effect::Cancel` executed after this
+    /// call finds them even if the returned future has not run yet (e.g. spawned on a busy runtime).
+    pub fn run<'a, A: Send + 'static>(
+        &'a self,
+        effects: Vec<Effect<A>>,
+        feedback: &'a Feedback<A>,
+        scope: &'a ExecutionScope,
+    ) -> impl Future<Output = Result<RunReport, EffectFailure>> + Send + 'a {
+        let state = RunState::new(self);
+        if let Some(first) = effects.first() {
+            self.preregister(first, scope, EffectPath::root().child(0), &state, None);
+        }
+        async move {
+            self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state).await?;
+            let p = state.last_position.load(Ordering::Relaxed);
+            Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
+        }
+    }
+
+    /// Like [`Executor::run`], for a caller that spawns the run: the returned future owns what it
+    /// needs. Cancellable effects the run starts with are registered before this returns.
+    pub fn start<A: Send + 'static>(
+        &self,
+        effects: Vec<Effect<A>>,
+        feedback: Feedback<A>,
+        scope: ExecutionScope,
+    ) -> BoxFuture<'static, Result<RunReport, EffectFailure>> {
+        let state = RunState::new(self);
+        if let Some(first) = effects.first() {
+            self.preregister(first, &scope, EffectPath::root().child(0), &state, None);
+        }
+        let executor = self.clone();
+        async move {
+            executor.run_sequence(effects, &feedback, &scope, EffectPath::root(), 0, &state).await?;
+            let p = state.last_position.load(Ordering::Relaxed);
+            Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
+        }
+        .boxed()
+    }
+
+    /// Registers the cancellable effects that start as soon as `effect` (at `path`) starts: itself if
+    /// it is `Cancellable` (and what its inner effect starts with), the first effect of a
+    /// `Sequential`, every branch of a `Parallel`. `run_one` then uses these registrations instead of
+    /// registering when it gets there, so a `Cancel` that runs in between is not lost. A
+    /// registration already made in `from` (the run that is handing these effects over) is moved,
+    /// not made twice.
+    fn preregister<A: Send + 'static>(&self, effect: &Effect<A>, scope: &ExecutionScope, path: EffectPath, state: &RunState, from: Option<&RunState>) {
+        match effect {
+            Effect::Cancellable { id, in_flight, effect } => {
+                let pre = from.and_then(|f| f.take_preregistered(&path)).unwrap_or_else(|| {
+                    let id = scope.scoped(id.clone());
+                    let (token, registration) = self.shared.cancellations.register(&id, *in_flight == composable_rust_core::CancelInFlight::Cancel);
+                    Preregistered { path: path.clone(), id, token, registration }
+                });
+                state.preregistered.lock().push(pre);
+                self.preregister(effect, scope, path.child(0), state, from);
+            }
+            Effect::Parallel(children) => {
+                for (j, child) in children.iter().enumerate() {
+                    self.preregister(child, scope, path.child(j), state, from);
+                }
+            }
+            Effect::Sequential(children) => {
+                if let Some(first) = children.first() {
+                    self.preregister(first, scope, path.child(0), state, from);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Builds the record only when someone observes: the hot path allocates nothing for it.
@@ -508,7 +608,7 @@ impl Executor {
             while let Some((k, effect)) = effects.next() {
                 if let (Some(tracker), true) = (&scope.detach, effect.waits()) {
                     let rest: Vec<Effect<A>> = std::iter::once(effect).chain(effects.map(|(_, e)| e)).collect();
-                    self.detach(rest, feedback, scope, tracker, base, first + k);
+                    self.detach(rest, feedback, scope, tracker, base, first + k, state);
                     return Ok(());
                 }
                 let path = base.child(first + k);
@@ -527,15 +627,30 @@ impl Executor {
         .boxed()
     }
 
-    fn detach<A: Send + 'static>(&self, rest: Vec<Effect<A>>, feedback: &Feedback<A>, scope: &ExecutionScope, tracker: &Tracker, base: EffectPath, first: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn detach<A: Send + 'static>(
+        &self,
+        rest: Vec<Effect<A>>,
+        feedback: &Feedback<A>,
+        scope: &ExecutionScope,
+        tracker: &Tracker,
+        base: EffectPath,
+        first: usize,
+        from: &RunState,
+    ) {
         let guard = tracker.enter();
         let executor = self.clone();
         let feedback = Arc::clone(feedback);
         let mut scope = scope.clone();
         scope.detach = None;
+        // The detached effects start now: a Cancel handled after this step (the next delivery) must
+        // find the cancellable effects they start with, even before the task below first runs.
+        let state = RunState::new(self);
+        if let Some(head) = rest.first() {
+            self.preregister(head, &scope, base.child(first), &state, Some(from));
+        }
         tokio::spawn(
             async move {
-                let state = RunState::default();
                 let run = AssertUnwindSafe(executor.run_sequence(rest, &feedback, &scope, base, first, &state)).catch_unwind();
                 match run.await {
                     Ok(Ok(())) => {}
@@ -599,7 +714,10 @@ impl Executor {
                 Effect::Cancellable { id, in_flight, effect } => {
                     let id = scope.scoped(id);
                     let cancel_first = in_flight == composable_rust_core::CancelInFlight::Cancel;
-                    let (token, registration) = self.shared.cancellations.register(&id, cancel_first);
+                    let (token, registration) = match state.take_preregistered(&path) {
+                        Some(pre) => (pre.token, pre.registration),
+                        None => self.shared.cancellations.register(&id, cancel_first),
+                    };
                     let outcome = Abortable::new(self.run_sequence(vec![*effect], feedback, scope, path, 0, state), registration).await;
                     self.shared.cancellations.finished(&id, token);
                     outcome.unwrap_or_else(|_aborted| {

@@ -246,18 +246,18 @@ impl<R: Reducer> Store<R> {
     fn spawn_effects(&self, effects: Effects<R::Action>, tracker: Tracker) {
         let guard = tracker.enter();
         let store_guard = self.shared.all_effects.enter();
-        let store = self.clone();
         let mut cancelled = self.shared.cancel_all.subscribe();
+        let feedback_store = self.clone();
+        let feedback_tracker = tracker.clone();
+        let feedback: Feedback<R::Action> = Arc::new(move |_path, a| {
+            // Actions fed back are queued with the originating action's tracker, so its
+            // `finish()` also waits for them.
+            let _ = feedback_store.enqueue(a, Some(feedback_tracker.clone()));
+        });
+        // Started here, before the task runs: the cancellable effects it starts with are
+        // registered now, so a cancel reduced right after this action finds them.
+        let work = self.shared.executor.start(effects.into_vec(), feedback, ExecutionScope::default());
         self.shared.runtime.spawn(async move {
-            let feedback_store = store.clone();
-            let feedback_tracker = tracker.clone();
-            let feedback: Feedback<R::Action> = Arc::new(move |_path, a| {
-                // Actions fed back are queued with the originating action's tracker, so its
-                // `finish()` also waits for them.
-                let _ = feedback_store.enqueue(a, Some(feedback_tracker.clone()));
-            });
-            let scope = ExecutionScope::default();
-            let work = store.shared.executor.run(effects.into_vec(), &feedback, &scope);
             tokio::select! {
                 result = work => {
                     if let Err(e) = result {

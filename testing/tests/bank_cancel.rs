@@ -186,19 +186,28 @@ async fn test_store_a_transfer_whose_credit_never_lands_is_refunded_after_30_s()
     s.finish().await;
 }
 
-/// Waits (in real time, bounded) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+/// Waits (in real time, bounded) until `value()` equals `expected`.
+async fn eventually<T: PartialEq + std::fmt::Debug>(what: &str, expected: T, mut value: impl FnMut() -> T) {
     for _ in 0..1000 {
-        if done() {
+        if value() == expected {
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("timed out waiting until {what}");
+    panic!("timed out waiting until {what}: expected {expected:?}, still {:?}", value());
 }
 
 #[tokio::test]
 async fn saga_runner_a_credited_transfer_cancels_its_timeout_and_only_the_lost_credit_is_refunded() {
+    saga_runner_bank().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saga_runner_on_a_multi_thread_runtime_refunds_only_the_lost_credit() {
+    saga_runner_bank().await;
+}
+
+async fn saga_runner_bank() {
     const N: usize = 50;
     let clock = TestClock::new();
     let store = Arc::new(InMemoryEventStore::new());
@@ -222,12 +231,12 @@ async fn saga_runner_a_credited_transfer_cancels_its_timeout_and_only_the_lost_c
     bus.publish(TRANSFERS, &requested("t-lost", "blackhole")).await.unwrap();
 
     // Every request and every credit handled (each credit delivery cancels its timeout).
-    eventually("every transfer and credit is applied", || worker.stats().applied == (2 * N + 1) as u64).await;
-    eventually("only the lost credit's timeout is left on the clock", || clock.pending_sleepers() == 1).await;
+    eventually("every transfer and credit is applied", (2 * N + 1) as u64, || worker.stats().applied).await;
+    eventually("only the lost credit's timeout is left on the clock", 1, || clock.pending_sleepers()).await;
     assert!(refunds.commands().is_empty(), "nothing refunded before 30 s");
 
     clock.advance(TIMEOUT + Duration::from_secs(1)).await;
-    eventually("the lost credit is refunded", || !refunds.commands().is_empty()).await;
+    eventually("the lost credit is refunded", 1, || refunds.commands().len()).await;
     // Let any (wrong) timeout follow-up run before counting.
     clock.advance(TIMEOUT).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
