@@ -36,7 +36,8 @@ pub use effect::{Append, Callback, CancelInFlight, Dispatch, Effect, EffectId, E
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
 pub use event_bus::{BusCause, BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
 pub use event_store::{
-    AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, RecordedEvent, SharedEventStore, Snapshot,
+    AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, PruneReport, RecordedEvent, SharedEventStore,
+    Snapshot, StoreCause,
 };
 pub use reducer::{Effects, Reducer};
 pub use saga::{Saga, SagaInput};

@@ -109,17 +109,25 @@ impl OutboxRelay {
     }
 
     /// One pass: pages through the pending entries while it makes progress.
+    ///
+    /// The store hands out the oldest pending entries first; entries held back (young, backing
+    /// off, behind such an entry of their stream) stay in front. When a full page made no progress
+    /// the next read asks for a larger one, so that entries behind them are reached: a page of
+    /// stuck entries never holds back the rest.
     pub async fn pass(&mut self) -> Result<RelayReport, EventStoreError> {
         let mut report = RelayReport::default();
+        let mut limit = self.config.batch;
+        // Entries already counted as failed or deferred in this pass (a larger page sees them again).
+        let mut counted: HashSet<(Uuid, Topic)> = HashSet::new();
         loop {
-            let page = self.store.pending_publications(self.config.batch).await?;
+            let page = self.store.pending_publications(limit).await?;
             if page.is_empty() {
                 break;
             }
             let now = Instant::now();
             let keys: HashSet<(Uuid, Topic)> = page.iter().map(|p| (p.event.event_id, p.topic.clone())).collect();
             // Forget entries that left the outbox (marked by someone else).
-            if page.len() < self.config.batch {
+            if page.len() < limit {
                 self.entries.retain(|k, _| keys.contains(k));
             }
             let mut held: HashSet<Option<StreamId>> = HashSet::new();
@@ -131,13 +139,18 @@ impl OutboxRelay {
                 let young = now.duration_since(state.first_seen) < self.config.min_age;
                 if young || state.next_try > now || held.contains(&stream) {
                     held.insert(stream);
-                    report.deferred += 1;
+                    if counted.insert(key) {
+                        report.deferred += 1;
+                    }
                     continue;
                 }
                 match self.bus.publish(p.topic.as_str(), &p.event).await {
                     Ok(()) => {
                         self.store.mark_published(p.event.event_id, &p.topic).await?;
                         self.entries.remove(&key);
+                        if counted.remove(&key) {
+                            report.deferred -= 1;
+                        }
                         report.published += 1;
                         progressed = true;
                     }
@@ -145,8 +158,11 @@ impl OutboxRelay {
                         tracing::warn!(error = %e, event_id = %p.event.event_id, topic = %p.topic, attempt = state.attempts + 1, "outbox relay could not publish; backing off");
                         let attempts = state.attempts + 1;
                         let next_try = now + self.config.backoff.backoff_after(attempts);
-                        self.entries.insert(key, EntryState { attempts, next_try, ..state });
+                        self.entries.insert(key.clone(), EntryState { attempts, next_try, ..state });
                         held.insert(stream);
+                        if !counted.insert(key) {
+                            report.deferred -= 1;
+                        }
                         report.failed += 1;
                     }
                     Err(e) => {
@@ -159,13 +175,20 @@ impl OutboxRelay {
                         );
                         self.store.mark_published(p.event.event_id, &p.topic).await?;
                         self.entries.remove(&key);
+                        if counted.remove(&key) {
+                            report.deferred -= 1;
+                        }
                         report.dead_lettered += 1;
                         progressed = true;
                     }
                 }
             }
-            if !progressed || page.len() < self.config.batch {
+            if page.len() < limit {
                 break;
+            }
+            if !progressed {
+                // A full page of held-back entries: look past them.
+                limit = limit.saturating_add(self.config.batch);
             }
         }
         Ok(report)

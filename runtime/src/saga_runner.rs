@@ -387,7 +387,7 @@ impl<S: Saga> Inner<S> {
                 if let Some(recorded) = replayed.found {
                     tracing::debug!(step = %step.id, "step already recorded; executing its effects again (idempotent)");
                     let effects = self.reduce(&mut state, recorded)?;
-                    Arc::clone(&self).execute(effects, &step, !replayed.later).await?;
+                    Arc::clone(&self).execute(effects, &step, !replayed.later, replayed.follow_ups).await?;
                     return Ok(StepOutcome::Duplicate);
                 }
                 let a = match action.take() {
@@ -405,7 +405,7 @@ impl<S: Saga> Inner<S> {
                 match self.store.append(request).await {
                     Ok(r) if r.duplicate => tracing::debug!(attempt, "another worker recorded this step concurrently; reloading"),
                     Ok(_) => {
-                        Arc::clone(&self).execute(effects, &step, true).await?;
+                        Arc::clone(&self).execute(effects, &step, true, Vec::new()).await?;
                         return Ok(StepOutcome::Applied);
                     }
                     Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
@@ -436,20 +436,42 @@ impl<S: Saga> Inner<S> {
                 source,
             })?;
             if Some(record.event_id) == stop_at {
-                return Ok(Replayed { state, version, found: Some(action), later: k + 1 < records.len() });
+                // The follow-ups this step fed back before (recorded after it, caused by it): their
+                // effects may not have run (a crash, a failure), so they run again with the step's.
+                let cause = record.event_id.to_string();
+                let mut follow_ups = Vec::new();
+                for later in records[k + 1..].iter().filter(|r| r.metadata.causation_id.as_deref() == Some(cause.as_str())) {
+                    let action = decode_payload(&later.data).map_err(|source| SagaError::CorruptRecord {
+                        saga: S::NAME,
+                        stream: stream.clone(),
+                        record_id: later.event_id,
+                        source,
+                    })?;
+                    follow_ups.push((later.event_id, action));
+                }
+                return Ok(Replayed { state, version, found: Some(action), later: k + 1 < records.len(), follow_ups });
             }
             // Replaying rebuilds state only; the effects ran when the step was first handled.
             let _ = self.reduce(&mut state, action)?;
         }
-        Ok(Replayed { state, version, found: None, later: false })
+        Ok(Replayed { state, version, found: None, later: false, follow_ups: Vec::new() })
     }
 
     /// Executes a step's effects (its waiting effects detached unless `with_waiting` is false),
-    /// then records and runs the follow-up steps fed back meanwhile, in path order.
-    async fn execute(self: Arc<Self>, effects: Vec<Effect<S::Action>>, step: &Step, with_waiting: bool) -> Result<(), SagaError> {
+    /// then records and runs the follow-up steps fed back meanwhile, in path order, then runs again
+    /// the follow-ups recorded for this step before (`recorded`, on a redelivery) that were not fed
+    /// back this time: a recorded follow-up is a decision taken, whose effects must run even if the
+    /// effect that fed it back succeeds now.
+    async fn execute(
+        self: Arc<Self>,
+        effects: Vec<Effect<S::Action>>,
+        step: &Step,
+        with_waiting: bool,
+        recorded: Vec<(Uuid, S::Action)>,
+    ) -> Result<(), SagaError> {
         let effects: Vec<_> = if with_waiting { effects } else { effects.into_iter().take_while(|e| !e.waits()).collect() };
         if effects.is_empty() {
-            return Ok(());
+            return Arc::clone(&self).run_recorded_follow_ups(step, recorded, &[]).await;
         }
         // While the step's own run is in progress, fed-back actions are collected and handled before
         // the acknowledgement; after it, a detached effect's action starts a follow-up of its own.
@@ -486,14 +508,29 @@ impl<S: Saga> Inner<S> {
         let mut fed_back = collected.lock().take().unwrap_or_default();
         if let Err(source) = result {
             if fed_back.is_empty() {
+                Arc::clone(&self).run_recorded_follow_ups(step, recorded, &[]).await?;
                 return Err(SagaError::Effect { saga: S::NAME, source });
             }
             tracing::info!(error = %source, "effect failed; the saga handles it with the action fed back");
         }
         fed_back.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut handled = Vec::with_capacity(fed_back.len());
         for (path, action) in fed_back {
             let follow_up = step.follow_up(SagaRunner::<S>::follow_up_id(step.id, &path));
+            handled.push(follow_up.id);
             Arc::clone(&self).handle_step(follow_up, action).await?;
+        }
+        self.run_recorded_follow_ups(step, recorded, &handled).await
+    }
+
+    /// Runs again (their effects, idempotently) the recorded follow-ups of `step` not in `handled`.
+    async fn run_recorded_follow_ups(self: Arc<Self>, step: &Step, recorded: Vec<(Uuid, S::Action)>, handled: &[Uuid]) -> Result<(), SagaError> {
+        for (id, action) in recorded {
+            if handled.contains(&id) {
+                continue;
+            }
+            tracing::debug!(step = %step.id, follow_up = %id, "running the effects of a follow-up recorded before");
+            Arc::clone(&self).handle_step(step.follow_up(id), action).await?;
         }
         Ok(())
     }
@@ -590,4 +627,6 @@ struct Replayed<S, A> {
     found: Option<A>,
     /// Whether steps were recorded after it.
     later: bool,
+    /// The follow-ups it fed back that were recorded (id, action), in stream order.
+    follow_ups: Vec<(Uuid, A)>,
 }

@@ -346,11 +346,13 @@ where
         let shared = Arc::clone(&self.shared);
         let executor = self.executor.clone();
         self.tasks.retain(|t| !t.is_finished());
+        let sink = Arc::clone(&shared);
+        let feedback: Feedback<R::Action> = Arc::new(move |_path, a| sink.received.lock().push_back(a));
+        // Started now, as the `Store` does: a cancel sent next finds the cancellable effects it
+        // starts with even before this task runs.
+        let work = executor.start(effects.into_vec(), feedback, ExecutionScope::default());
         self.tasks.push(tokio::spawn(async move {
-            let sink = Arc::clone(&shared);
-            let feedback: Feedback<R::Action> = Arc::new(move |_path, a| sink.received.lock().push_back(a));
-            let scope = ExecutionScope::default();
-            let outcome = AssertUnwindSafe(executor.run(effects.into_vec(), &feedback, &scope)).catch_unwind().await;
+            let outcome = AssertUnwindSafe(work).catch_unwind().await;
             match outcome {
                 Err(panic) => {
                     let message = panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
@@ -390,6 +392,15 @@ where
         for letter in self.dead_letters.letters().iter().filter(|l| l.what.starts_with("callback of")) {
             problems.push(format!("a {} panicked: {}", letter.what, letter.error));
         }
+        // A panicking effect whose run ended with another failure first (a sibling in a
+        // `Parallel`) is only known from its dead letter.
+        let panics = self.shared.panics.lock();
+        for letter in self.dead_letters.letters().iter().filter(|l| l.what.starts_with("run effect") || l.what.starts_with("detached effects")) {
+            if !panics.iter().any(|p| p.contains(&letter.error)) {
+                problems.push(format!("an effect panicked: {}: {}", letter.what, letter.error));
+            }
+        }
+        drop(panics);
         assert!(problems.is_empty(), "TestStore ended with unfinished work:\n{}", problems.join("\n"));
     }
 }

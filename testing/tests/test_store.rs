@@ -161,3 +161,108 @@ fn inspect_reads_nested_effects_in_order_without_running_them() {
     assert_eq!(appends[0].publish_to, vec![Topic::new("search.events").unwrap()]);
     assert!(inspect::publishes(&nested).is_empty(), "no publish of an unstored event");
 }
+
+/// Small reducer for the failure-reporting tests below.
+#[derive(Debug, Clone, PartialEq)]
+enum Timer {
+    Start,
+    Fired,
+    Stop,
+    Explode,
+    ExplodeBesideARejection,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Refused;
+
+struct Timers;
+
+impl Reducer for Timers {
+    type State = u32;
+    type Action = Timer;
+    type Environment = ();
+
+    fn reduce(&self, fired: &mut u32, action: Timer, (): &()) -> composable_rust_core::Effects<Timer> {
+        match action {
+            Timer::Start => smallvec![Effect::delay(Duration::from_secs(30), Timer::Fired).cancellable("timer")],
+            Timer::Fired => {
+                *fired += 1;
+                smallvec![]
+            }
+            Timer::Stop => smallvec![Effect::cancel("timer")],
+            Timer::Explode => smallvec![Effect::run(async { panic!("kaboom in an effect") })],
+            Timer::ExplodeBesideARejection => smallvec![Effect::Parallel(vec![Effect::dispatch(Refused), Effect::run(async { panic!("kaboom beside a rejection") })])],
+        }
+    }
+}
+
+/// Refuses every command.
+struct Refuser;
+
+#[async_trait::async_trait]
+impl composable_rust_core::CommandHandler for Refuser {
+    fn name(&self) -> &str {
+        "refuser"
+    }
+
+    async fn handle(&self, _: &composable_rust_core::CommandEnvelope) -> Result<composable_rust_core::CommandOutcome, composable_rust_core::DispatchError> {
+        Err(composable_rust_core::DispatchError::Failed { target: "refuser".into(), reason: "refused (test)".into(), retryable: false })
+    }
+}
+
+async fn finish_message(s: TestStore<Timers>) -> String {
+    use futures::FutureExt;
+    let panic = std::panic::AssertUnwindSafe(s.finish()).catch_unwind().await.expect_err("finish must fail");
+    panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string())).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn finish_fails_and_names_a_panicking_effect() {
+    let mut s = TestStore::new(0, Timers, ());
+    s.send(Timer::Explode, |_| {});
+    let message = finish_message(s).await;
+    assert!(message.contains("an effect panicked") && message.contains("kaboom in an effect"), "{message}");
+}
+
+#[tokio::test]
+async fn finish_names_a_panicking_effect_even_when_a_sibling_failed_first() {
+    let mut s = TestStore::new(0, Timers, ());
+    s.commands().register::<Refused>(std::sync::Arc::new(Refuser)).unwrap();
+    s.send(Timer::ExplodeBesideARejection, |_| {});
+    let message = finish_message(s).await;
+    assert!(message.contains("kaboom beside a rejection"), "{message}");
+}
+
+#[tokio::test]
+async fn a_cancelled_delay_leaves_the_test_clock() {
+    let mut s = TestStore::new(0, Timers, ());
+    s.send(Timer::Start, |_| {});
+    s.settle().await;
+    assert_eq!(s.clock().pending_sleepers(), 1);
+    s.send(Timer::Stop, |_| {});
+    s.settle().await;
+    assert_eq!(s.clock().pending_sleepers(), 0, "the cancelled delay's sleep is deregistered");
+    s.advance(Duration::from_secs(60)).await;
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_cancel_sent_right_after_the_action_cancels_its_delay() {
+    // No settle in between: the delay's task has not run when the cancel is reduced.
+    let mut s = TestStore::new(0, Timers, ());
+    s.send(Timer::Start, |_| {});
+    s.send(Timer::Stop, |_| {});
+    s.advance(Duration::from_secs(60)).await;
+    assert_eq!(s.clock().pending_sleepers(), 0);
+    s.finish().await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "delay of 30s feeding back Fired")]
+async fn receive_fails_at_once_on_virtual_time_naming_the_running_effect() {
+    let mut s = TestStore::new(0, Timers, ());
+    s.send(Timer::Start, |_| {});
+    // The 30 s delay is not due on the TestClock: receive must fail now (not wait on the wall
+    // clock), naming what is still running.
+    s.receive(Timer::Fired, |n| *n += 1).await;
+}

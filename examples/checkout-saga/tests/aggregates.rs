@@ -57,7 +57,7 @@ fn inventory_reserves_when_in_stock_refuses_otherwise_and_releases() {
     AggregateScenario::new(InventoryAggregate, (), "sku-1")
         .given([stocked.clone()])
         .when(InventoryCommand::Reserve { sku: "sku-1".into(), order_id: "o-1".into(), quantity: 2 })
-        .then_events(&[reserved.clone()])
+        .then_events(std::slice::from_ref(&reserved))
         .then_state(&InventoryState { sku: "sku-1".into(), available: 1, reservations: [("o-1".to_string(), 2)].into(), restocked: 3 });
     AggregateScenario::new(InventoryAggregate, (), "sku-1")
         .given([stocked.clone(), reserved.clone()])
@@ -94,7 +94,7 @@ fn inventory_state_survives_a_snapshot_round_trip() {
 fn payment_captures_once_or_declines() {
     let capture = PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: "tok_ok".into() };
     let captured = PaymentEvent::Captured(PaymentCaptured { order_id: "o-1".into(), amount_cents: 2_000 });
-    AggregateScenario::new(PaymentAggregate, (), "o-1").when(capture.clone()).then_events(&[captured.clone()]);
+    AggregateScenario::new(PaymentAggregate, (), "o-1").when(capture.clone()).then_events(std::slice::from_ref(&captured));
     AggregateScenario::new(PaymentAggregate, (), "o-1").given([captured]).when(capture).then_nothing();
     AggregateScenario::new(PaymentAggregate, (), "o-2")
         .when(PaymentCommand::Capture { order_id: "o-2".into(), amount_cents: 500, card_token: DECLINED_CARD.into() })
