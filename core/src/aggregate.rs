@@ -37,10 +37,7 @@ pub trait DomainEvent: Serialize + DeserializeOwned + fmt::Debug + Send + Sync +
         if value.event_type() != event.event_type {
             return Err(CodecError::Malformed {
                 what: format!("event {} of type {}", event.event_id, event.event_type),
-                reason: format!(
-                    "the payload decodes as {}: event variants were reordered or renamed; keep old variants in place",
-                    value.event_type()
-                ),
+                reason: format!("the payload decodes as {}: event variants were reordered or renamed; keep old variants in place", value.event_type()),
             });
         }
         Ok(value)

@@ -16,6 +16,11 @@ use std::fmt;
 use crate::effect::Effect;
 use crate::reducer::{Effects, Reducer};
 
+/// A child's effects in the parent's action type, their cancellation ids scoped to `scope`.
+fn lift<C: Send + 'static, A: Send + 'static>(effects: Effects<C>, scope: &str, embed: fn(C) -> A) -> Effects<A> {
+    effects.into_iter().map(|e| e.map_scoped(scope, embed)).collect()
+}
+
 /// Runs `child` on a part of the parent's state (see the module docs).
 ///
 /// `extract` takes the child's action out of a parent action (`Err` gives the action back when it is
@@ -57,9 +62,7 @@ where
 
     fn reduce(&self, state: &mut S, action: A, env: &E) -> Effects<A> {
         let Ok(child_action) = (self.extract)(action) else { return Effects::new() };
-        let effects = self.child.reduce((self.state)(state), child_action, (self.env)(env));
-        let embed = self.embed;
-        effects.into_iter().map(|e| e.map_scoped(self.name, embed)).collect()
+        lift(self.child.reduce((self.state)(state), child_action, (self.env)(env)), self.name, self.embed)
     }
 }
 
@@ -171,9 +174,7 @@ where
             let none = (self.on_none)();
             return std::iter::once(Effect::run(async move { Some(none) })).collect();
         };
-        let effects = self.child.reduce(child_state, child_action, (self.env)(env));
-        let embed = self.embed;
-        effects.into_iter().map(|e| e.map_scoped(self.name, embed)).collect()
+        lift(self.child.reduce(child_state, child_action, (self.env)(env)), self.name, self.embed)
     }
 }
 

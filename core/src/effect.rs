@@ -423,9 +423,7 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Delay { duration, action } => Effect::Delay { duration, action: Box::new(f(*action)) },
             Effect::Parallel(effects) => Effect::Parallel(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
             Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
-            Effect::Cancellable { id, in_flight, effect } => {
-                Effect::Cancellable { id: rescope(id), in_flight, effect: Box::new(effect.map_shared(f, scope)) }
-            }
+            Effect::Cancellable { id, in_flight, effect } => Effect::Cancellable { id: rescope(id), in_flight, effect: Box::new(effect.map_shared(f, scope)) },
             Effect::Cancel(id) => Effect::Cancel(rescope(id)),
         }
     }
@@ -450,7 +448,10 @@ impl<A: PartialEq> PartialEq for Effect<A> {
                     && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
             }
             (Effect::Publish(a), Effect::Publish(b)) => {
-                a.topic == b.topic && a.event.event_type == b.event.event_type && a.event.data == b.event.data && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
+                a.topic == b.topic
+                    && a.event.event_type == b.event.event_type
+                    && a.event.data == b.event.data
+                    && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
             }
             (Effect::Dispatch(a), Effect::Dispatch(b)) => {
                 a.command == b.command && a.correlation_id == b.correlation_id && same_presence(a.on_error.as_ref(), b.on_error.as_ref())

@@ -15,7 +15,6 @@
 //! - [`EventStore::prune`] deletes only outbox entries published, and inbox marks recorded, before its
 //!   horizon: never a pending outbox entry, an event or a snapshot.
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -165,121 +164,9 @@ pub struct PendingPublication {
     pub event: SerializedEvent,
 }
 
-/// The underlying error of an [`EventStoreError::Unavailable`] or [`EventStoreError::Backend`]: the
-/// database client's error (sqlx, ...) or, where there is none, a plain message ([`StoreCause::msg`]).
-///
-/// Cheap to clone (shared). Its `Display` and `source` are those of the error it wraps, so error
-/// reports show the client's own message and chain. Two causes are equal when their messages are
-/// (client errors are rarely comparable themselves); use [`StoreCause::downcast_ref`] to get the
-/// client's error back.
-#[derive(Clone)]
-pub struct StoreCause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+/// The underlying error of a store failure (see [`Cause`](crate::cause::Cause)).
+pub use crate::cause::Cause as StoreCause;
 
-/// A cause given as a message only.
-#[derive(Debug)]
-struct Message(String);
-
-impl fmt::Display for Message {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Message {}
-
-/// A client error followed by what it means or what to do.
-#[derive(Debug)]
-struct Hinted {
-    source: StoreCause,
-    hint: String,
-}
-
-impl fmt::Display for Hinted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.source, self.hint)
-    }
-}
-
-impl std::error::Error for Hinted {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-impl StoreCause {
-    /// Wraps a client's error (a `StoreCause` is taken as it is, not wrapped again).
-    pub fn new<E: std::error::Error + Send + Sync + 'static>(error: E) -> Self {
-        let any: Box<dyn std::any::Any> = Box::new(error);
-        match any.downcast::<StoreCause>() {
-            Ok(cause) => *cause,
-            Err(any) => match any.downcast::<E>() {
-                Ok(error) => Self(Arc::new(*error)),
-                Err(_) => unreachable!("the box holds an E"),
-            },
-        }
-    }
-
-    /// Wraps a boxed error.
-    pub fn from_boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
-        Self(Arc::from(error))
-    }
-
-    /// A cause with no underlying error: only `message`.
-    pub fn msg(message: impl Into<String>) -> Self {
-        Self(Arc::new(Message(message.into())))
-    }
-
-    /// `error`, followed by what it means or what to do: `error: hint`. The error stays the source.
-    pub fn with_hint(error: impl std::error::Error + Send + Sync + 'static, hint: impl Into<String>) -> Self {
-        Self(Arc::new(Hinted { source: Self::new(error), hint: hint.into() }))
-    }
-
-    /// The first error of type `E` in the chain of this cause (the wrapped error, then its sources).
-    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*self.0);
-        while let Some(error) = next {
-            if let Some(found) = error.downcast_ref::<E>() {
-                return Some(found);
-            }
-            next = match error.downcast_ref::<StoreCause>() {
-                Some(cause) => Some(&*cause.0),
-                None => error.source(),
-            };
-        }
-        None
-    }
-
-    /// The wrapped error.
-    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.0
-    }
-}
-
-impl fmt::Display for StoreCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for StoreCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for StoreCause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-impl PartialEq for StoreCause {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
-    }
-}
-
-impl Eq for StoreCause {}
 
 /// Errors of an event store. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,7 @@
 //! Backends depend on this crate, never the reverse.
 
 pub mod aggregate;
+pub mod cause;
 pub mod clock;
 pub mod command;
 pub mod compose;
@@ -29,6 +30,7 @@ pub mod stream;
 pub mod topic;
 
 pub use aggregate::{Aggregate, DomainEvent, Reaction};
+pub use cause::Cause;
 pub use clock::Clock;
 pub use compose::{Combine, ForEach, IfLet, Scope, combine};
 pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Rejection};
