@@ -103,8 +103,16 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log_dir/test.log"
 step "documentation (missing docs and broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+step "the small examples (examples/basics), each run as a user would"
+for example in counter todos bank_account compensation outbox_after_crash; do
+  cargo run --quiet --locked -p composable-rust-basics --example "$example"
+done
+
 step "acceptance: checkout-saga --orders 1000 with declines and out-of-stock"
 cargo run --quiet --locked -p checkout-saga -- --orders 1000 --decline-every 7 --out-of-stock-every 11 --json
+
+step "acceptance: checkout-saga --orders 2000 under redeliveries and transient failures"
+RUST_LOG=error cargo run --quiet --locked -p checkout-saga -- --orders 2000 --duplicate-deliveries 0.2 --transient-failures 0.05 --json
 
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log_dir/test.log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '; [0-9]+ failed' "$log_dir/test.log" | awk '{s += $2} END {print s + 0}')

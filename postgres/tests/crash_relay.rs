@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use composable_rust_core::{
-    CodecError, Effect, EventBus, EventBusError, EventStore, EventStoreOperation, EventStream, ExpectedVersion, Reducer, Saga, SagaInput, SerializedEvent,
-    StreamId, SubscribeOptions, smallvec,
+    CodecError, Effect, EventBus, EventBusError, EventStore, EventStream, ExpectedVersion, Reducer, Saga, SagaInput, SerializedEvent, StreamId,
+    SubscribeOptions, Topic, smallvec,
 };
 use composable_rust_runtime::outbox::relay_pending;
-use composable_rust_runtime::{ExecutionScope, Executor, Feedback, SagaRunner};
+use composable_rust_runtime::{EffectObserver, EffectRecord, ExecutionScope, Executor, Feedback, SagaRunner};
 use composable_rust_testing::InMemoryEventBus;
 
 mod support;
@@ -44,34 +44,41 @@ fn topic(run: &str) -> String {
     format!("crash.r{run}")
 }
 
-/// The child: appends each event with a publish effect behind it, reports each committed append,
-/// and is killed while its publishes hang.
+/// Reports each committed append (the executor observes it before publishing the stored events).
+struct ReportAppends;
+
+impl EffectObserver for ReportAppends {
+    fn observe(&self, record: EffectRecord) {
+        if let EffectRecord::Append { stream_id, outcome: Ok(_), .. } = record {
+            if let Some(n) = stream_id.as_str().rsplit('-').next() {
+                println!("appended {n}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}
+
+/// The child: appends each event with its publish stored in the outbox (`publish_to`), reports each
+/// committed append, and is killed while its publishes hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
     let Ok(run) = std::env::var(CHILD) else { return };
     let store: Arc<dyn EventStore> = Arc::new(store().await.unwrap());
     let bus: Arc<dyn EventBus> = Arc::new(StalledBus);
-    let executor = Executor::default();
+    let executor = Executor::builder().store(store).bus(bus).observer(Arc::new(ReportAppends)).build();
     println!("ready");
     for n in 0..EVENTS {
-        let (store, bus, executor, run) = (Arc::clone(&store), Arc::clone(&bus), executor.clone(), run.clone());
+        let (executor, run) = (executor.clone(), run.clone());
         tokio::spawn(async move {
             let event = SerializedEvent::new("Crash.v1", n.to_be_bytes().to_vec(), None);
+            // The on_success action would come only after the (hanging) publish: appends are
+            // reported by the observer instead.
             let effects: Vec<Effect<u32>> = vec![
-                Effect::EventStore(EventStoreOperation::AppendEvents {
-                    event_store: store,
-                    stream_id: StreamId::new(format!("crash-{run}-{n}")).unwrap(),
-                    expected_version: ExpectedVersion::NoStream,
-                    events: vec![event.clone()],
-                    on_success: Some(Box::new(move |_| n)),
-                    on_error: None,
-                }),
-                Effect::publish(bus, topic(&run), event),
+                Effect::append(StreamId::new(format!("crash-{run}-{n}")).unwrap(), ExpectedVersion::NoStream, vec![event])
+                    .publish_to(Topic::new(&topic(&run)).unwrap())
+                    .into(),
             ];
-            let feedback: Feedback<u32> = Arc::new(|n| {
-                println!("appended {n}");
-                let _ = std::io::stdout().flush();
-            });
+            let feedback: Feedback<u32> = Arc::new(|_, _| {});
             let _ = executor.run(effects, &feedback, &ExecutionScope::default()).await;
         });
     }
@@ -139,8 +146,9 @@ async fn events_persisted_before_a_crash_are_published_by_the_relay_and_applied_
     // "Restart": a consumer and the relay.
     let store = Arc::new(store);
     let bus = Arc::new(InMemoryEventBus::new());
-    let consumer = SagaRunner::new(Counting, (), store.clone(), bus.clone(), Executor::default()).spawn().await.unwrap();
-    let relayed = relay_pending(&*store, &*bus, 64).await.unwrap();
+    let executor = Executor::builder().store(store.clone()).bus(bus.clone()).build();
+    let consumer = SagaRunner::new(Counting, (), executor.clone()).spawn().await.unwrap();
+    let relayed = relay_pending(store.clone(), bus.clone()).await.unwrap();
     assert!(relayed.published >= EVENTS as usize);
     // At-least-once: a relay that died after publishing but before marking publishes again.
     for p in &pending {
@@ -155,7 +163,7 @@ async fn events_persisted_before_a_crash_are_published_by_the_relay_and_applied_
     }
     let stats = consumer.shutdown().await;
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
-    let checker = SagaRunner::new(Counting, (), store.clone(), bus.clone(), Executor::default());
+    let checker = SagaRunner::new(Counting, (), executor);
     for n in 0..EVENTS {
         let applied = checker.load_instance(&format!("crash-{run}-{n}")).await.unwrap();
         assert_eq!(applied, 1, "event {n} must be applied exactly once");

@@ -16,6 +16,11 @@
 //!   runner uses), the first waiting effect of a sequence and everything after it in that sequence
 //!   continue on a task of their own: the caller (and the saga step's acknowledgement) waits only for
 //!   the effects before it. Order within the sequence is unchanged.
+//! - **Cancellation.** A run starts when [`Executor::run`] / [`Executor::start`] is called (and a
+//!   detached part when it is detached), not when its future is first polled: the `Cancellable`
+//!   effects it starts with are registered at once, so an `Effect::Cancel` executed afterwards (the
+//!   next action of a `Store`, the next delivery of a saga) finds them even if their task has not
+//!   run yet.
 //! - **Identity.** With a cause ([`ExecutionScope::caused_by`]), every dispatched command id, every
 //!   appended or published event id is derived from the cause and the effect's [`EffectPath`], so
 //!   handling the same input again lands every effect once, whichever parallel branch finishes first.
@@ -29,8 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::{
-    Append, AppendRequest, AppendResult, Callback, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId, EffectPath,
-    EventBus, EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic, Version,
+    Append, AppendRequest, AppendResult, Callback, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId, EffectPath, EventBus,
+    EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic, Version,
 };
 use futures::FutureExt;
 use futures::future::{AbortRegistration, Abortable, BoxFuture};
@@ -505,7 +510,7 @@ impl Executor {
     ) -> impl Future<Output = Result<RunReport, EffectFailure>> + Send + 'a {
         let state = RunState::new(self);
         if let Some(first) = effects.first() {
-            self.preregister(first, scope, EffectPath::root().child(0), &state, None);
+            self.preregister(first, scope, &EffectPath::root().child(0), &state, None);
         }
         async move {
             self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state).await?;
@@ -524,7 +529,7 @@ impl Executor {
     ) -> BoxFuture<'static, Result<RunReport, EffectFailure>> {
         let state = RunState::new(self);
         if let Some(first) = effects.first() {
-            self.preregister(first, &scope, EffectPath::root().child(0), &state, None);
+            self.preregister(first, &scope, &EffectPath::root().child(0), &state, None);
         }
         let executor = self.clone();
         async move {
@@ -541,25 +546,25 @@ impl Executor {
     /// registering when it gets there, so a `Cancel` that runs in between is not lost. A
     /// registration already made in `from` (the run that is handing these effects over) is moved,
     /// not made twice.
-    fn preregister<A: Send + 'static>(&self, effect: &Effect<A>, scope: &ExecutionScope, path: EffectPath, state: &RunState, from: Option<&RunState>) {
+    fn preregister<A: Send + 'static>(&self, effect: &Effect<A>, scope: &ExecutionScope, path: &EffectPath, state: &RunState, from: Option<&RunState>) {
         match effect {
             Effect::Cancellable { id, in_flight, effect } => {
-                let pre = from.and_then(|f| f.take_preregistered(&path)).unwrap_or_else(|| {
+                let pre = from.and_then(|f| f.take_preregistered(path)).unwrap_or_else(|| {
                     let id = scope.scoped(id.clone());
                     let (token, registration) = self.shared.cancellations.register(&id, *in_flight == composable_rust_core::CancelInFlight::Cancel);
                     Preregistered { path: path.clone(), id, token, registration }
                 });
                 state.preregistered.lock().push(pre);
-                self.preregister(effect, scope, path.child(0), state, from);
+                self.preregister(effect, scope, &path.child(0), state, from);
             }
             Effect::Parallel(children) => {
                 for (j, child) in children.iter().enumerate() {
-                    self.preregister(child, scope, path.child(j), state, from);
+                    self.preregister(child, scope, &path.child(j), state, from);
                 }
             }
             Effect::Sequential(children) => {
                 if let Some(first) = children.first() {
-                    self.preregister(first, scope, path.child(0), state, from);
+                    self.preregister(first, scope, &path.child(0), state, from);
                 }
             }
             _ => {}
@@ -647,7 +652,7 @@ impl Executor {
         // find the cancellable effects they start with, even before the task below first runs.
         let state = RunState::new(self);
         if let Some(head) = rest.first() {
-            self.preregister(head, &scope, base.child(first), &state, Some(from));
+            self.preregister(head, &scope, &base.child(first), &state, Some(from));
         }
         tokio::spawn(
             async move {

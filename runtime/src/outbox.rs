@@ -117,8 +117,10 @@ impl OutboxRelay {
     pub async fn pass(&mut self) -> Result<RelayReport, EventStoreError> {
         let mut report = RelayReport::default();
         let mut limit = self.config.batch;
-        // Entries already counted as failed or deferred in this pass (a larger page sees them again).
-        let mut counted: HashSet<(Uuid, Topic)> = HashSet::new();
+        // Entries counted as deferred, and entries tried and failed, in this pass (a larger page
+        // sees them again; a failed entry is not tried twice in one pass).
+        let mut deferred: HashSet<(Uuid, Topic)> = HashSet::new();
+        let mut failed: HashSet<(Uuid, Topic)> = HashSet::new();
         loop {
             let page = self.store.pending_publications(limit).await?;
             if page.is_empty() {
@@ -137,20 +139,24 @@ impl OutboxRelay {
                 let state = *self.entries.entry(key.clone()).or_insert(EntryState { first_seen: now, attempts: 0, next_try: now });
                 let stream = p.event.stream_id.clone();
                 let young = now.duration_since(state.first_seen) < self.config.min_age;
+                if failed.contains(&key) {
+                    held.insert(stream);
+                    continue;
+                }
                 if young || state.next_try > now || held.contains(&stream) {
                     held.insert(stream);
-                    if counted.insert(key) {
+                    if deferred.insert(key) {
                         report.deferred += 1;
                     }
                     continue;
+                }
+                if deferred.remove(&key) {
+                    report.deferred -= 1;
                 }
                 match self.bus.publish(p.topic.as_str(), &p.event).await {
                     Ok(()) => {
                         self.store.mark_published(p.event.event_id, &p.topic).await?;
                         self.entries.remove(&key);
-                        if counted.remove(&key) {
-                            report.deferred -= 1;
-                        }
                         report.published += 1;
                         progressed = true;
                     }
@@ -160,9 +166,7 @@ impl OutboxRelay {
                         let next_try = now + self.config.backoff.backoff_after(attempts);
                         self.entries.insert(key.clone(), EntryState { attempts, next_try, ..state });
                         held.insert(stream);
-                        if !counted.insert(key) {
-                            report.deferred -= 1;
-                        }
+                        failed.insert(key);
                         report.failed += 1;
                     }
                     Err(e) => {
@@ -175,9 +179,6 @@ impl OutboxRelay {
                         );
                         self.store.mark_published(p.event.event_id, &p.topic).await?;
                         self.entries.remove(&key);
-                        if counted.remove(&key) {
-                            report.deferred -= 1;
-                        }
                         report.dead_lettered += 1;
                         progressed = true;
                     }

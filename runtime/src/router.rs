@@ -26,12 +26,15 @@ pub enum RouterError {
     },
 }
 
+/// The handler of each command type, with the type's name.
+type Routes = HashMap<TypeId, (&'static str, Arc<dyn CommandHandler>)>;
+
 /// Maps command types to handlers. Cheap to clone; clones share the table, so handlers can be
 /// registered after the runtimes that dispatch through it were built (an aggregate handler needs
 /// the runtime, and the saga's runtime needs the aggregate handler).
 #[derive(Clone, Default)]
 pub struct CommandRouter {
-    routes: Arc<RwLock<HashMap<TypeId, (&'static str, Arc<dyn CommandHandler>)>>>,
+    routes: Arc<RwLock<Routes>>,
     fallback: Arc<RwLock<Option<Arc<dyn CommandHandler>>>>,
 }
 
@@ -79,7 +82,7 @@ impl CommandRouter {
 
 #[async_trait::async_trait]
 impl CommandHandler for CommandRouter {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "router"
     }
 

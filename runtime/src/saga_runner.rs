@@ -23,6 +23,11 @@
 //!   if no later step of the instance was recorded.
 //! - **Cancellation** ids are scoped to the instance: `Effect::cancel("timeout")` in one instance
 //!   never touches another's.
+//! - **Scheduling.** A worker holds up to `with_max_in_hand` deliveries (64): steps of different
+//!   instances run concurrently, steps of one instance strictly in delivery order, each acknowledged
+//!   after its own effects (buses that need it, Kafka, commit offsets in partition order only once
+//!   every earlier delivery of the partition is acknowledged). A slow step holds back only its own
+//!   instance.
 //! - Concurrent workers (and detached follow-ups) on one instance are serialised by the append's
 //!   expected version: the loser reloads and decides again.
 //! - Unknown event types are skipped with a warning and acknowledged; undecodable payloads and
@@ -34,8 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::event_store::read_stream_to_end;
 use composable_rust_core::{
-    AppendRequest, CodecError, Effect, EffectPath, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent,
-    StreamId, StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
+    AppendRequest, CodecError, Effect, EffectPath, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent, StreamId,
+    StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
 };
 use futures::FutureExt;
 use futures::StreamExt;
@@ -227,6 +232,7 @@ struct Inner<S: Saga> {
     group: String,
     max_attempts: u32,
     max_deliveries: u32,
+    max_in_hand: usize,
     stats: Arc<SagaStats>,
     detached: Tracker,
 }
@@ -271,6 +277,7 @@ impl<S: Saga> SagaRunner<S> {
                 group: format!("saga-{}", S::NAME),
                 max_attempts: 16,
                 max_deliveries: 5,
+                max_in_hand: 64,
                 stats: Arc::default(),
                 detached: Tracker::new(),
             }),
@@ -294,6 +301,14 @@ impl<S: Saga> SagaRunner<S> {
     #[must_use]
     pub fn with_max_deliveries(self, n: u32) -> Self {
         self.configure(|i| i.max_deliveries = n.max(1))
+    }
+
+    /// How many deliveries a worker holds at once (default 64): steps of different instances run
+    /// concurrently up to this bound, steps of one instance one after the other in delivery order.
+    /// `1` handles one delivery at a time.
+    #[must_use]
+    pub fn with_max_in_hand(self, n: usize) -> Self {
+        self.configure(|i| i.max_in_hand = n.max(1))
     }
 
     /// The stream of an instance.
@@ -340,7 +355,8 @@ impl<S: Saga> SagaRunner<S> {
         let bus = Arc::clone(inner.executor.bus().ok_or(SagaError::NotConfigured { saga: S::NAME, missing: "an event bus" })?);
         let topics = inner.saga.topics();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let stream = bus.subscribe_with(&refs, SubscribeOptions::group(inner.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
+        let stream =
+            bus.subscribe_with(&refs, SubscribeOptions::group(inner.group.clone())).await.map_err(|source| SagaError::Bus { saga: S::NAME, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::clone(&inner.stats);
         let task = tokio::spawn(Inner::run_loop(inner, stream, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME)));
@@ -475,7 +491,7 @@ impl<S: Saga> Inner<S> {
         }
         // While the step's own run is in progress, fed-back actions are collected and handled before
         // the acknowledgement; after it, a detached effect's action starts a follow-up of its own.
-        let collected: Arc<Mutex<Option<Vec<(EffectPath, S::Action)>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+        let collected: Collected<S::Action> = Arc::new(Mutex::new(Some(Vec::new())));
         let feedback: Feedback<S::Action> = {
             let collected = Arc::clone(&collected);
             let runner = Arc::downgrade(&self);
@@ -535,7 +551,22 @@ impl<S: Saga> Inner<S> {
         Ok(())
     }
 
+    /// Which lane a delivery goes to: its instance (steps of one instance keep their order), or, for
+    /// an event the saga skips or cannot decode, a lane of its own.
+    fn lane_key(&self, event: &SerializedEvent) -> String {
+        match self.saga.decode(event) {
+            Ok(Some(input)) => input.instance_id,
+            _ => format!("event/{}", event.event_id),
+        }
+    }
+
     async fn run_loop(self: Arc<Self>, mut stream: composable_rust_core::EventStream, mut stop: watch::Receiver<bool>) {
+        let runner = Arc::clone(&self);
+        let handler: crate::lanes::Handler<composable_rust_core::Delivery> = Arc::new(move |delivery| {
+            let runner = Arc::clone(&runner);
+            async move { runner.handle_delivery(delivery).await }.boxed()
+        });
+        let lanes = crate::lanes::Lanes::new(self.max_in_hand, handler);
         loop {
             let item = tokio::select! {
                 biased;
@@ -544,7 +575,10 @@ impl<S: Saga> Inner<S> {
             };
             let Some(item) = item else { break };
             match item {
-                Ok(delivery) => self.handle_delivery(delivery).await,
+                Ok(delivery) => {
+                    let key = self.lane_key(delivery.event());
+                    lanes.push(key, delivery).await;
+                }
                 Err(EventBusError::Lagged { group, missed }) => {
                     self.stats.lagged_events.fetch_add(missed, Ordering::Relaxed);
                     dead_letter(
@@ -562,6 +596,8 @@ impl<S: Saga> Inner<S> {
                 }
             }
         }
+        // The deliveries in hand finish (and are acknowledged) before the worker reports stopped.
+        lanes.idle().await;
         tracing::info!("saga worker stopped");
     }
 
@@ -603,6 +639,10 @@ impl<S: Saga> Inner<S> {
         }
     }
 }
+
+/// Actions fed back while a step's run is in progress, with the paths of the effects that fed them
+/// back; `None` once the run is over.
+type Collected<A> = Arc<Mutex<Option<Vec<(EffectPath, A)>>>>;
 
 /// One step of an instance: a delivered event (with its inbox mark) or a follow-up.
 #[derive(Debug, Clone)]

@@ -248,7 +248,7 @@ impl<R: Reducer> Store<R> {
         let store_guard = self.shared.all_effects.enter();
         let mut cancelled = self.shared.cancel_all.subscribe();
         let feedback_store = self.clone();
-        let feedback_tracker = tracker.clone();
+        let feedback_tracker = tracker;
         let feedback: Feedback<R::Action> = Arc::new(move |_path, a| {
             // Actions fed back are queued with the originating action's tracker, so its
             // `finish()` also waits for them.

@@ -53,7 +53,11 @@ impl EventBus for PickyBus {
             return Err(EventBusError::unavailable(BusCause::msg("broker down (test)")));
         }
         if event.data.len() > self.max_len {
-            return Err(EventBusError::publish_failed(topic, BusCause::msg(format!("message of {} bytes is too large (test)", event.data.len())), self.big_retryable));
+            return Err(EventBusError::publish_failed(
+                topic,
+                BusCause::msg(format!("message of {} bytes is too large (test)", event.data.len())),
+                self.big_retryable,
+            ));
         }
         self.inner.publish(topic, event).await
     }
@@ -94,7 +98,8 @@ impl Reducer for Planner {
     type Environment = ();
 
     fn reduce(&self, (): &mut (), plan: Plan, (): &()) -> composable_rust_core::Effects<Plan> {
-        let append = |stream: &str, expected: ExpectedVersion| -> Effect<Plan> { Effect::append(sid(stream), expected, vec![event(stream)]).publish_to(topic()).into() };
+        let append =
+            |stream: &str, expected: ExpectedVersion| -> Effect<Plan> { Effect::append(sid(stream), expected, vec![event(stream)]).publish_to(topic()).into() };
         match plan {
             Plan::Nested => smallvec![
                 Effect::Parallel(vec![append("p-1", ExpectedVersion::NoStream), append("p-2", ExpectedVersion::NoStream)]),
@@ -102,15 +107,12 @@ impl Reducer for Planner {
                 Effect::Sequential(vec![append("s-1", ExpectedVersion::NoStream)]),
                 Effect::Parallel(vec![append("pc-1", ExpectedVersion::NoStream).cancellable("pc")]),
             ],
-            Plan::Conflicting => smallvec![
-                Effect::Parallel(vec![append("taken-1", ExpectedVersion::NoStream)]),
-                append("taken-2", ExpectedVersion::NoStream).cancellable("c"),
-            ],
-            Plan::AppendThenFail => smallvec![
-                append("first", ExpectedVersion::NoStream),
-                Effect::dispatch(Unrouted),
-                append("never-1", ExpectedVersion::NoStream),
-            ],
+            Plan::Conflicting => {
+                smallvec![Effect::Parallel(vec![append("taken-1", ExpectedVersion::NoStream)]), append("taken-2", ExpectedVersion::NoStream).cancellable("c"),]
+            }
+            Plan::AppendThenFail => {
+                smallvec![append("first", ExpectedVersion::NoStream), Effect::dispatch(Unrouted), append("never-1", ExpectedVersion::NoStream),]
+            }
             Plan::FailThenAppend => {
                 smallvec![Effect::Parallel(vec![Effect::Sequential(vec![Effect::dispatch(Unrouted), append("never-2", ExpectedVersion::NoStream)])])]
             }
@@ -297,10 +299,32 @@ async fn an_entry_stamped_far_in_the_future_does_not_hold_back_the_others() {
     let mut future = event("future-2");
     future.metadata.timestamp = chrono::Utc::now() + chrono::Duration::days(3650);
     outbox_with(&store, &[("f", future), ("n", event("now-2"))]).await;
-    let mut relay = OutboxRelay::new(store.clone(), bus.clone(), Arc::new(InMemoryDeadLetters::default()), RelayConfig::default().min_age(Duration::from_millis(30)));
+    let mut relay =
+        OutboxRelay::new(store.clone(), bus.clone(), Arc::new(InMemoryDeadLetters::default()), RelayConfig::default().min_age(Duration::from_millis(30)));
     assert_eq!(relay.pass().await.unwrap().deferred, 2, "just seen");
     tokio::time::sleep(Duration::from_millis(40)).await;
     let report = relay.pass().await.unwrap();
     assert_eq!((report.published, report.deferred), (2, 0), "{report:?}");
     assert_eq!(delivered(&mut subscriber).await, vec!["future-2", "now-2"]);
+}
+
+#[tokio::test]
+async fn a_failed_entry_is_tried_once_per_pass_even_without_backoff_and_small_pages() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let bus = PickyBus::new(false, 16, true);
+    let mut subscriber = bus.subscribe_with(&[TOPIC], SubscribeOptions::exclusive()).await.unwrap();
+    outbox_with(&store, &[("a", big()), ("b", event("b-1")), ("a", event("a-2")), ("c", event("c-1"))]).await;
+    let mut config = RelayConfig::default().batch(1).max_attempts(3);
+    config.backoff = no_backoff();
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let mut relay = OutboxRelay::new(store.clone(), bus.clone(), dead_letters.clone() as Arc<dyn DeadLetterSink>, config);
+
+    let report = relay.pass().await.unwrap();
+    assert_eq!((report.published, report.failed, report.deferred), (2, 1, 1), "a-2 waits behind a-1: {report:?}");
+    assert_eq!(delivered(&mut subscriber).await, vec!["b-1", "c-1"]);
+    relay.pass().await.unwrap();
+    let report = relay.pass().await.unwrap();
+    assert_eq!((report.published, report.dead_lettered), (1, 1), "{report:?}");
+    assert_eq!(dead_letters.letters()[0].attempts, 3, "one attempt per pass");
+    assert_eq!(delivered(&mut subscriber).await, vec!["a-2"]);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use composable_rust_core::{
-    Aggregate, AppendRequest, CodecError, DomainEvent, EventBus, EventMetadata, EventStore, ExpectedVersion, Reducer, Saga, SagaInput,
-    SerializedEvent, Version, encode_payload, smallvec,
+    Aggregate, AppendRequest, CodecError, DomainEvent, EventBus, EventMetadata, EventStore, ExpectedVersion, Reducer, Saga, SagaInput, SerializedEvent,
+    Version, encode_payload, smallvec,
 };
 use composable_rust_runtime::saga_runner::{SAGA_STEP_EVENT_TYPE, SagaStatsSnapshot};
 use composable_rust_runtime::{AggregateHandler, CommandRouter, Executor, InMemoryDeadLetters, SagaRunner, StepOutcome};

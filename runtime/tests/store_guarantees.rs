@@ -70,10 +70,7 @@ fn store() -> (Store<R>, Arc<InMemoryDeadLetters>) {
 async fn a_panicking_reducer_does_not_wedge_the_store() {
     let (s, dead_letters) = store();
     let err = s.send(Action::Boom).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::ReducerPanicked { message, .. } if message.contains("the reducer blew up on Boom")),
-        "the sender is told: {err:?}"
-    );
+    assert!(matches!(&err, StoreError::ReducerPanicked { message, .. } if message.contains("the reducer blew up on Boom")), "the sender is told: {err:?}");
     assert_eq!(dead_letters.total(), 1, "and it is dead-lettered");
 
     // Later sends are reduced and their effects run.

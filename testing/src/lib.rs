@@ -6,24 +6,29 @@
 //! - [`TestClock`]: virtual time for `Delay`, timeouts and backoff;
 //! - [`SagaScenario`]: given/when/then on a saga's returned effects, without I/O;
 //! - [`AggregateScenario`]: given events, when a command, then events or a typed rejection;
-//! - [`InMemoryEventStore`] and [`InMemoryEventBus`]: real backends (same guarantees, proven by the
-//!   same conformance suites as the durable ones), living in process memory;
 //! - [`conformance`]: the suites every backend runs.
+//!
+//! [`InMemoryEventStore`] and [`InMemoryEventBus`] (with [`BusStats`], and the modules
+//! [`in_memory_store`] and [`in_memory_bus`]) are re-exported from `composable-rust-memory`, where
+//! they live, so that tests written against this crate keep compiling. They are real backends (the
+//! same conformance suites as the durable ones prove their guarantees); production code should
+//! depend on `composable-rust-memory` or the `composable-rust` facade, not on this test crate.
 
 pub mod aggregate_scenario;
 pub mod clock;
 pub mod conformance;
 pub mod diff;
-pub mod in_memory_bus;
-pub mod in_memory_store;
 pub mod saga_scenario;
 pub mod test_store;
 
 pub use aggregate_scenario::{AggregateOutcome, AggregateScenario};
 pub use clock::TestClock;
 pub use diff::debug_diff;
-pub use in_memory_bus::{BusStats, InMemoryEventBus};
-pub use in_memory_store::InMemoryEventStore;
+/// Re-exported from `composable-rust-memory` for compatibility: the in-memory bus's module.
+pub use composable_rust_memory::bus as in_memory_bus;
+/// Re-exported from `composable-rust-memory` for compatibility: the in-memory store's module.
+pub use composable_rust_memory::store as in_memory_store;
+pub use composable_rust_memory::{BusStats, InMemoryEventBus, InMemoryEventStore};
 pub use saga_scenario::{Outcome, SagaScenario};
 pub use test_store::TestStore;
 

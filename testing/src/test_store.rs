@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use composable_rust_core::{CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Effect, Effects, EventBus, EventStore, Reducer};
-use composable_rust_runtime::{CommandRouter, DeadLetterSink, EffectFailure, EffectObserver, EffectRecord, ExecutionScope, Executor, Feedback, InMemoryDeadLetters, RetryPolicy};
+use composable_rust_runtime::{
+    CommandRouter, DeadLetterSink, EffectFailure, EffectObserver, EffectRecord, ExecutionScope, Executor, Feedback, InMemoryDeadLetters, RetryPolicy,
+};
 use futures::FutureExt;
 use parking_lot::Mutex;
 
@@ -52,7 +54,7 @@ struct AcceptAll {
 
 #[async_trait::async_trait]
 impl CommandHandler for AcceptAll {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "test-store"
     }
 
@@ -310,19 +312,20 @@ where
     }
 
     fn running_report(&self) -> String {
+        use std::fmt::Write as _;
         let running = self.shared.running.lock();
         let panics = self.shared.panics.lock();
         let mut out = String::new();
         if running.is_empty() {
             out.push_str("no effect is running");
         } else {
-            out.push_str(&format!("{} effect run(s) still running ({} sleeping on the TestClock: advance it?):", running.len(), self.clock.pending_sleepers()));
+            let _ = write!(out, "{} effect run(s) still running ({} sleeping on the TestClock: advance it?):", running.len(), self.clock.pending_sleepers());
             for what in running.values() {
-                out.push_str(&format!("\n  - {what}"));
+                let _ = write!(out, "\n  - {what}");
             }
         }
         for p in panics.iter() {
-            out.push_str(&format!("\n  an effect panicked: {p}"));
+            let _ = write!(out, "\n  an effect panicked: {p}");
         }
         out
     }
@@ -355,7 +358,8 @@ where
             let outcome = AssertUnwindSafe(work).catch_unwind().await;
             match outcome {
                 Err(panic) => {
-                    let message = panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                    let message =
+                        panic.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
                     shared.panics.lock().push(format!("{what}: {message}"));
                 }
                 Ok(Err(failure @ EffectFailure::Panicked { .. })) => shared.panics.lock().push(format!("{what}: {failure}")),

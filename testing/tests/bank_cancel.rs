@@ -131,7 +131,7 @@ struct CreditGateway {
 
 #[async_trait::async_trait]
 impl CommandHandler for CreditGateway {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "credit-gateway"
     }
 
@@ -177,7 +177,7 @@ async fn test_store_a_transfer_whose_credit_never_lands_is_refunded_after_30_s()
         st.status = Status::Pending;
         st.request = Some(r.clone());
     });
-    s.advance(TIMEOUT - Duration::from_secs(1)).await;
+    s.advance(Duration::from_secs(29)).await;
     assert_eq!(s.dispatched().len(), 1, "not refunded before 30 s");
     s.advance(Duration::from_secs(2)).await;
     s.receive(TransferAction::Timeout, |st| st.status = Status::Refunded).await;
@@ -213,13 +213,8 @@ async fn saga_runner_bank() {
     let store = Arc::new(InMemoryEventStore::new());
     let bus = Arc::new(InMemoryEventBus::new());
     let router = CommandRouter::new();
-    let executor = Executor::builder()
-        .store(store.clone())
-        .bus(bus.clone())
-        .commands(router.clone())
-        .clock(Arc::new(clock.clone()))
-        .retry(RetryPolicy::NONE)
-        .build();
+    let executor =
+        Executor::builder().store(store.clone()).bus(bus.clone()).commands(router.clone()).clock(Arc::new(clock.clone())).retry(RetryPolicy::NONE).build();
     router.register::<AccountCommand>(Arc::new(CreditGateway { accounts: AggregateHandler::new(Account, (), executor.clone()) })).unwrap();
     let refunds = Arc::new(Recording::named("refunds"));
     router.register::<Refund>(refunds.clone()).unwrap();

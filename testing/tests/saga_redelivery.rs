@@ -88,11 +88,11 @@ impl Reducer for Orders {
                 Effect::delay(Duration::from_millis(second_ms), Action::Fired(1)),
             ])],
             Action::Start(Kind::Audit) => smallvec![
-                Effect::append(StreamId::new(format!("audit-{order}")).unwrap(), ExpectedVersion::Any, vec![SerializedEvent::new(
-                    "Audited.v1",
-                    order.clone().into_bytes(),
-                    None
-                )])
+                Effect::append(
+                    StreamId::new(format!("audit-{order}")).unwrap(),
+                    ExpectedVersion::Any,
+                    vec![SerializedEvent::new("Audited.v1", order.clone().into_bytes(), None)]
+                )
                 .publish_to(Topic::new("audit.events").unwrap())
                 .into(),
                 Effect::publish(Topic::new("notify.events").unwrap(), SerializedEvent::new("Notified.v1", order.into_bytes(), None)),
@@ -147,7 +147,7 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl CommandHandler for Scripted {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "scripted"
     }
 
@@ -174,7 +174,7 @@ struct Prober;
 
 #[async_trait::async_trait]
 impl CommandHandler for Prober {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "prober"
     }
 

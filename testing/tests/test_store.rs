@@ -191,7 +191,9 @@ impl Reducer for Timers {
             }
             Timer::Stop => smallvec![Effect::cancel("timer")],
             Timer::Explode => smallvec![Effect::run(async { panic!("kaboom in an effect") })],
-            Timer::ExplodeBesideARejection => smallvec![Effect::Parallel(vec![Effect::dispatch(Refused), Effect::run(async { panic!("kaboom beside a rejection") })])],
+            Timer::ExplodeBesideARejection => {
+                smallvec![Effect::Parallel(vec![Effect::dispatch(Refused), Effect::run(async { panic!("kaboom beside a rejection") })])]
+            }
         }
     }
 }
@@ -201,7 +203,7 @@ struct Refuser;
 
 #[async_trait::async_trait]
 impl composable_rust_core::CommandHandler for Refuser {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "refuser"
     }
 

@@ -304,3 +304,75 @@ impl EventBus for InMemoryEventBus {
         "in-memory"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn event(n: u8) -> SerializedEvent {
+        SerializedEvent::new("Tested.v1", vec![n], None)
+    }
+
+    async fn next(stream: &mut EventStream) -> Result<Delivery, EventBusError> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await.expect("a delivery in time").expect("the stream goes on")
+    }
+
+    #[tokio::test]
+    async fn a_listener_gets_what_matches_its_patterns_in_order() {
+        let bus = InMemoryEventBus::new();
+        let mut listener = bus.subscribe_with(&["shop.*.events"], SubscribeOptions::exclusive()).await.unwrap();
+        bus.publish("shop.order.events", &event(1)).await.unwrap();
+        bus.publish("shop.audit", &event(2)).await.unwrap();
+        bus.publish("shop.payment.events", &event(3)).await.unwrap();
+        let first = next(&mut listener).await.unwrap();
+        assert_eq!((first.topic().as_str(), &first.event().data[..]), ("shop.order.events", &[1][..]));
+        let second = next(&mut listener).await.unwrap();
+        assert_eq!(&second.event().data[..], &[3]);
+        assert_eq!(second.nack().await, Err(EventBusError::RedeliveryUnsupported), "a listener cannot redeliver");
+        assert_eq!(bus.stats().published(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_named_group_redelivers_a_nacked_event_first() {
+        let bus = InMemoryEventBus::new();
+        let mut member = bus.subscribe_with(&["a.b"], SubscribeOptions::group("g")).await.unwrap();
+        bus.publish("a.b", &event(1)).await.unwrap();
+        bus.publish("a.b", &event(2)).await.unwrap();
+        let first = next(&mut member).await.unwrap();
+        first.nack().await.unwrap();
+        let again = next(&mut member).await.unwrap();
+        assert_eq!((&again.event().data[..], again.attempt()), (&[1][..], 2));
+        again.ack().await.unwrap();
+        assert_eq!(&next(&mut member).await.unwrap().event().data[..], &[2]);
+        assert_eq!(bus.stats().redelivered(), 1);
+    }
+
+    #[tokio::test]
+    async fn members_of_one_group_must_subscribe_to_the_same_topics() {
+        let bus = InMemoryEventBus::new();
+        let _member = bus.subscribe_with(&["a.b"], SubscribeOptions::group("g")).await.unwrap();
+        let refused = bus.subscribe_with(&["a.c"], SubscribeOptions::group("g")).await.err().expect("refused");
+        assert!(matches!(refused, EventBusError::SubscribeFailed { .. }), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_listener_is_told_how_many_events_it_missed() {
+        let bus = InMemoryEventBus::with_capacity(2);
+        let mut listener = bus.subscribe_with(&["a"], SubscribeOptions::exclusive()).await.unwrap();
+        for n in 0..5 {
+            bus.publish("a", &event(n)).await.unwrap();
+        }
+        assert_eq!(next(&mut listener).await.unwrap_err(), EventBusError::Lagged { group: "exclusive".into(), missed: 3 });
+        assert_eq!(&next(&mut listener).await.unwrap().event().data[..], &[3], "resumes at the oldest event kept");
+        assert_eq!(bus.stats().lagged(), 3);
+    }
+
+    #[tokio::test]
+    async fn malformed_topics_are_refused() {
+        let bus = InMemoryEventBus::new();
+        assert!(matches!(bus.publish("a..b", &event(0)).await, Err(EventBusError::InvalidTopic(_))));
+        assert!(matches!(bus.subscribe(&["a.>.b"]).await.err(), Some(EventBusError::InvalidTopic(_))));
+    }
+}

@@ -187,3 +187,54 @@ impl EventStore for InMemoryEventStore {
         Ok(PruneReport::new(gone(outbox_before, inner.outbox_index.len()), gone(inbox_before, inner.inbox.len())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use composable_rust_core::ExpectedVersion;
+
+    use super::*;
+
+    fn append(stream: &str, expected: ExpectedVersion, n: usize) -> AppendRequest {
+        let events = (0..n).map(|i| SerializedEvent::new("Tested.v1", vec![u8::try_from(i).unwrap()], None)).collect();
+        AppendRequest::new(StreamId::new(stream).unwrap(), expected, events)
+    }
+
+    #[tokio::test]
+    async fn appends_get_consecutive_versions_and_positions() {
+        let store = InMemoryEventStore::new();
+        let first = store.append(append("s-1", ExpectedVersion::NoStream, 2)).await.unwrap();
+        assert_eq!((first.first_version, first.next_expected_version, first.first_position), (Version(1), Version(2), GlobalPosition(1)));
+        let second = store.append(append("s-2", ExpectedVersion::Any, 1)).await.unwrap();
+        assert_eq!(second.first_position, GlobalPosition(3));
+        assert_eq!(store.read_stream(&StreamId::new("s-1").unwrap(), Version(2), 10).await.unwrap().len(), 1);
+        assert_eq!(store.read_all(GlobalPosition(1), 10).await.unwrap().len(), 2);
+        assert_eq!((store.event_count(), store.stream_ids().len()), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_expected_version_stores_nothing() {
+        let store = InMemoryEventStore::new();
+        store.append(append("s", ExpectedVersion::NoStream, 1)).await.unwrap();
+        let err = store.append(append("s", ExpectedVersion::Exact(Version(3)), 1)).await.unwrap_err();
+        assert!(matches!(err, EventStoreError::ConcurrencyConflict { actual: Version(1), .. }), "{err}");
+        assert_eq!(store.event_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_identical_retry_is_an_idempotent_success() {
+        let store = InMemoryEventStore::new();
+        let request = append("s", ExpectedVersion::NoStream, 2);
+        store.append(request.clone()).await.unwrap();
+        assert!(store.append(request).await.unwrap().duplicate);
+        assert_eq!(store.event_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_inbox_mark_is_recorded_once() {
+        let store = InMemoryEventStore::new();
+        let handled = Uuid::new_v4();
+        store.append(append("s", ExpectedVersion::Any, 1).with_inbox("saga.x", handled)).await.unwrap();
+        let err = store.append(append("s", ExpectedVersion::Any, 1).with_inbox("saga.x", handled)).await.unwrap_err();
+        assert!(matches!(err, EventStoreError::AlreadyProcessed { .. }), "{err}");
+    }
+}
