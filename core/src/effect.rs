@@ -153,7 +153,8 @@ pub struct Append<A> {
     pub events: Vec<SerializedEvent>,
     /// Topics every event of the append is published to, in this order.
     pub publish_to: Vec<Topic>,
-    /// Action fed back once stored.
+    /// Action fed back once stored and its events published (or, if publishing failed, left to the
+    /// outbox relay).
     pub on_success: Option<Callback<AppendResult, A>>,
     /// Action fed back if the append failed (the rest of the sequence is skipped).
     pub on_error: Option<Callback<EventStoreError, A>>,
@@ -172,7 +173,7 @@ impl<A> Append<A> {
         self
     }
 
-    /// Feeds `f(result)` back once stored.
+    /// Feeds `f(result)` back once stored and published (or left to the relay).
     #[must_use]
     pub fn on_success(mut self, f: impl FnOnce(AppendResult) -> A + Send + 'static) -> Self {
         self.on_success = Some(Box::new(f));
@@ -245,6 +246,9 @@ pub enum Effect<A> {
     /// Arbitrary async work that may produce an action. Waits on the outside world: see
     /// [`Effect::waits`].
     Run(BoxFuture<'static, Option<A>>),
+    /// Feeds back every action the stream yields, in order, until it ends (TCA's `Effect.run { send
+    /// in }`). Waits on the outside world, like [`Effect::Run`]; cancellable like any effect.
+    Stream(futures::stream::BoxStream<'static, A>),
     /// Feeds `action` back after `duration` on the runtime's clock.
     Delay {
         /// How long to wait.
@@ -296,9 +300,23 @@ impl<A: Send + 'static> Effect<A> {
         Effect::Run(future.boxed())
     }
 
+    /// Feeds back every action `stream` yields, in order (see [`Effect::Stream`]).
+    pub fn stream<S>(stream: S) -> Self
+    where
+        S: futures::Stream<Item = A> + Send + 'static,
+    {
+        Effect::Stream(futures::StreamExt::boxed(stream))
+    }
+
     /// Feeds `action` back after `duration`.
     pub fn delay(duration: Duration, action: A) -> Self {
         Effect::Delay { duration, action: Box::new(action) }
+    }
+
+    /// Feeds `action` back once `duration` passed without another debounce of the same `id`: each
+    /// call cancels the previous one's timer (a search that runs once typing pauses).
+    pub fn debounce(id: impl Into<EffectId>, duration: Duration, action: A) -> Self {
+        Self::delay(duration, action).cancel_in_flight(id)
     }
 
     /// An append of `events` to `stream_id` (add topics with [`Append::publish_to`]).
@@ -342,6 +360,7 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Publish(_) => "publish",
             Effect::Dispatch(_) => "dispatch",
             Effect::Run(_) => "run",
+            Effect::Stream(_) => "stream",
             Effect::Delay { .. } => "delay",
             Effect::Parallel(_) => "parallel",
             Effect::Sequential(_) => "sequential",
@@ -355,7 +374,7 @@ impl<A: Send + 'static> Effect<A> {
     /// such effects (see the runtime's docs).
     pub fn waits(&self) -> bool {
         match self {
-            Effect::Run(_) | Effect::Delay { .. } => true,
+            Effect::Run(_) | Effect::Stream(_) | Effect::Delay { .. } => true,
             Effect::Parallel(v) | Effect::Sequential(v) => v.iter().any(Effect::waits),
             Effect::Cancellable { effect, .. } => effect.waits(),
             _ => false,
@@ -374,6 +393,7 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Publish(p) => format!("publish of {} to {}", p.event.event_type, p.topic),
             Effect::Dispatch(d) => format!("dispatch of {:?}", d.command),
             Effect::Run(_) => "run (an async future)".into(),
+            Effect::Stream(_) => "stream (of actions)".into(),
             Effect::Delay { duration, action } => format!("delay of {duration:?} feeding back {action:?}"),
             Effect::Parallel(v) => format!("parallel [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
             Effect::Sequential(v) => format!("sequential [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
@@ -420,6 +440,10 @@ impl<A: Send + 'static> Effect<A> {
                 let f = Arc::clone(f);
                 Effect::Run(fut.map(move |a| a.map(|a| f(a))).boxed())
             }
+            Effect::Stream(stream) => {
+                let f = Arc::clone(f);
+                Effect::Stream(futures::StreamExt::boxed(futures::StreamExt::map(stream, move |a| f(a))))
+            }
             Effect::Delay { duration, action } => Effect::Delay { duration, action: Box::new(f(*action)) },
             Effect::Parallel(effects) => Effect::Parallel(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
             Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
@@ -433,7 +457,8 @@ fn same_presence<T>(a: Option<&T>, b: Option<&T>) -> bool {
     a.is_some() == b.is_some()
 }
 
-/// Effects compare as data: callbacks by presence, [`Effect::Run`] futures never equal.
+/// Effects compare as data: callbacks by presence, [`Effect::Run`] futures and [`Effect::Stream`]s
+/// never equal.
 impl<A: PartialEq> PartialEq for Effect<A> {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
@@ -495,6 +520,7 @@ impl<A: fmt::Debug> fmt::Debug for Effect<A> {
                 .field("on_error", &cb(d.on_error.is_some()))
                 .finish(),
             Effect::Run(_) => f.write_str("Run(..)"),
+            Effect::Stream(_) => f.write_str("Stream(..)"),
             Effect::Delay { duration, action } => f.debug_struct("Delay").field("duration", duration).field("action", action).finish(),
             Effect::Parallel(e) => f.debug_tuple("Parallel").field(e).finish(),
             Effect::Sequential(e) => f.debug_tuple("Sequential").field(e).finish(),

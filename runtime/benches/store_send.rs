@@ -15,6 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[derive(Debug, Clone)]
 enum Action {
     Increment,
+    Nothing,
     Persist,
 }
 
@@ -35,6 +36,8 @@ impl Reducer for Counter {
         *state += 1;
         match action {
             Action::Increment => smallvec![],
+            // `Effect::None` must cost what an empty list costs: no task.
+            Action::Nothing => smallvec![Effect::None],
             Action::Persist => {
                 let event = env.event.clone().with_event_id(uuid::Uuid::new_v4());
                 smallvec![Effect::append(env.stream.clone(), ExpectedVersion::Any, vec![event]).publish_to(env.topic.clone()).into()]
@@ -77,6 +80,7 @@ fn bench(c: &mut Criterion) {
         let _local_guard = local.enter();
         new_store()
     };
+    group.bench_function("effect_none_send_and_finish", |b| b.to_async(&local).iter(|| async { store.send(Action::Nothing).unwrap().finish().await }));
     group.bench_function("append_then_publish_awaited", |b| b.to_async(&local).iter(|| async { store.send(Action::Persist).unwrap().finish().await }));
     group.finish();
 }

@@ -692,6 +692,23 @@ impl Executor {
                 Effect::Append(append) => self.append(append, feedback, scope, &path, state).await,
                 Effect::Publish(publish) => self.publish_notification(publish, feedback, scope, &path).await,
                 Effect::Dispatch(dispatch) => self.dispatch(dispatch, feedback, scope, &path).await,
+                Effect::Stream(stream) => {
+                    // The k-th action of the stream is fed back from path/k: a saga records each as its
+                    // own follow-up step, with an id that depends on its place in the stream only.
+                    let feed_all = async {
+                        let mut stream = std::pin::pin!(stream);
+                        let mut k = 0;
+                        while let Some(action) = futures::StreamExt::next(&mut stream).await {
+                            feedback(path.child(k), action);
+                            k += 1;
+                        }
+                    };
+                    AssertUnwindSafe(feed_all).catch_unwind().await.map_err(|panic| {
+                        let failure = EffectFailure::Panicked { what: format!("stream effect at {path}"), message: panic_message(&*panic) };
+                        dead_letter(&*self.shared.dead_letters, format!("stream effect at {path}"), failure.to_string(), 1, None);
+                        failure
+                    })
+                }
                 Effect::Run(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
                     Ok(action) => {
                         if let Some(a) = action {

@@ -42,6 +42,11 @@ pub struct ReducersGuideDoctests;
 #[cfg(doctest)]
 pub struct SagasGuideDoctests;
 
+/// The composition guide's examples, compiled and run as doc tests.
+#[doc = include_str!("../../docs/composition.md")]
+#[cfg(doctest)]
+pub struct CompositionGuideDoctests;
+
 /// The testing guide's examples, compiled and run as doc tests.
 #[doc = include_str!("../../docs/testing.md")]
 #[cfg(doctest)]

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::panic::AssertUnwindSafe;
+use std::panic::{AssertUnwindSafe, Location};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -218,50 +218,67 @@ where
     }
 
     /// Sends `action`, asserting that the state afterwards equals the state before mutated by
-    /// `expected`. Its effects start running.
+    /// `expected`. Its effects start running. A failure is reported at the caller's line.
     #[track_caller]
     pub fn send(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State)) -> &mut Self {
+        let at = Location::caller();
         if self.exhaustive {
             let queued = self.shared.received.lock();
             assert!(
                 queued.is_empty(),
-                "send({action:?}) while {} fed-back action(s) were not received yet: {:?}\nreceive them first (or use non_exhaustive())",
+                "{at}: send({action:?}) while {} fed-back action(s) were not received yet: {:?}\nreceive them first (or use non_exhaustive())",
                 queued.len(),
                 *queued
             );
         }
         let description = format!("send({action:?})");
-        self.reduce_and_assert(action, expected, &description);
+        self.reduce_and_assert(action, expected, &description, at);
         self
     }
 
     /// Takes the next action fed back by an effect (letting running effects make progress on
     /// virtual time), asserts it equals `action`, reduces it and asserts the state like
-    /// [`TestStore::send`].
-    pub async fn receive(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State)) -> &mut Self {
-        match self.next_received().await {
-            None => panic!("receive({action:?}): no action was fed back\n{}", self.running_report()),
-            Some(got) if got != action => panic!("receive: the next action fed back differs from the expected one\n{}", debug_diff(&action, &got)),
-            Some(got) => {
-                let description = format!("receive({got:?})");
-                self.reduce_and_assert(got, expected, &description);
+    /// [`TestStore::send`]. A failure message starts with the caller's file and line.
+    #[track_caller]
+    pub fn receive(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State)) -> impl Future<Output = &mut Self> {
+        let at = Location::caller();
+        async move {
+            match self.next_received().await {
+                None => panic!("{at}: receive({action:?}): no action was fed back\n{}", self.running_report()),
+                Some(got) if got != action => {
+                    panic!("{at}: receive: the next action fed back differs from the expected one\n{}", debug_diff(&action, &got))
+                }
+                Some(got) => {
+                    let description = format!("receive({got:?})");
+                    self.reduce_and_assert(got, expected, &description, at);
+                }
             }
+            self
         }
-        self
     }
 
     /// Like [`TestStore::receive`], for the next action that satisfies `matches` (`matches!(a,
     /// Action::Loaded(_))`): useful when the action carries values the test cannot predict.
-    pub async fn receive_matching(&mut self, what: &str, matches: impl FnOnce(&R::Action) -> bool, expected: impl FnOnce(&mut R::State)) -> &mut Self {
-        match self.next_received().await {
-            None => panic!("receive_matching({what}): no action was fed back\n{}", self.running_report()),
-            Some(got) if !matches(&got) => panic!("receive_matching({what}): the next action fed back does not match: {got:#?}"),
-            Some(got) => {
-                let description = format!("receive({got:?})");
-                self.reduce_and_assert(got, expected, &description);
+    #[track_caller]
+    pub fn receive_matching(
+        &mut self,
+        what: &str,
+        matches: impl FnOnce(&R::Action) -> bool,
+        expected: impl FnOnce(&mut R::State),
+    ) -> impl Future<Output = &mut Self> {
+        let at = Location::caller();
+        let what = what.to_string();
+        async move {
+            match self.next_received().await {
+                None => panic!("{at}: receive_matching({what}): no action was fed back\n{}", self.running_report()),
+                Some(got) if !matches(&got) => panic!("{at}: receive_matching({what}): the next action fed back does not match: {got:#?}"),
+                Some(got) => {
+                    let description = format!("receive({got:?})");
+                    self.reduce_and_assert(got, expected, &description, at);
+                }
             }
+            self
         }
-        self
     }
 
     /// Drops the actions fed back and not received yet (they are not reduced).
@@ -331,11 +348,15 @@ where
     }
 
     #[track_caller]
-    fn reduce_and_assert(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State), description: &str) {
+    fn reduce_and_assert(&mut self, action: R::Action, expected: impl FnOnce(&mut R::State), description: &str, at: &Location<'_>) {
         let mut expected_state = self.state.clone();
         expected(&mut expected_state);
         let effects = self.reducer.reduce(&mut self.state, action, &self.env);
-        assert!(expected_state == self.state, "{description}: state differs from the expected state\n{}", debug_diff(&expected_state, &self.state));
+        assert!(
+            expected_state == self.state,
+            "{at}: {description}: state differs from the expected state\n{}",
+            debug_diff(&expected_state, &self.state)
+        );
         self.spawn(effects, description);
     }
 
