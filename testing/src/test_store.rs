@@ -79,7 +79,7 @@ where
     R::Action: PartialEq + Debug,
 {
     reducer: Arc<R>,
-    env: Arc<R::Environment>,
+    env: R::Environment,
     state: R::State,
     shared: Arc<Shared<R::Action>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -113,7 +113,7 @@ where
         let executor = Self::build_executor(&clock, &recorder, &router, &dead_letters, Arc::new(InMemoryEventStore::new()), Arc::new(InMemoryEventBus::new()));
         Self {
             reducer: Arc::new(reducer),
-            env: Arc::new(env),
+            env,
             state: initial_state,
             shared: Arc::new(Shared {
                 received: Mutex::new(VecDeque::new()),
@@ -199,6 +199,12 @@ where
     /// The environment.
     pub fn environment(&self) -> &R::Environment {
         &self.env
+    }
+
+    /// Changes the environment for the rest of the test (a clock set to another time, a dependency
+    /// that now fails): later actions are reduced with it.
+    pub fn environment_mut(&mut self) -> &mut R::Environment {
+        &mut self.env
     }
 
     /// Store, bus and dispatch effects executed (or skipped) so far, in order.

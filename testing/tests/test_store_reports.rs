@@ -126,3 +126,25 @@ async fn a_failing_receive_reports_the_tests_own_file_and_line() {
     assert!(text.starts_with(&format!("{}:{line}:", file!())), "the message names the test's line: {text}");
     assert!(text.contains("differs from the expected one"), "{text}");
 }
+
+struct Greeter;
+
+impl Reducer for Greeter {
+    type State = Vec<String>;
+    type Action = String;
+    type Environment = String;
+
+    fn reduce(&self, greetings: &mut Vec<String>, name: String, greeting: &String) -> Effects<String> {
+        greetings.push(format!("{greeting}, {name}"));
+        smallvec![]
+    }
+}
+
+#[tokio::test]
+async fn the_environment_can_be_changed_mid_test() {
+    let mut store = TestStore::new(Vec::new(), Greeter, "hello".to_string());
+    store.send("ada".into(), |g| g.push("hello, ada".into()));
+    *store.environment_mut() = "bonjour".into();
+    store.send("alan".into(), |g| g.push("bonjour, alan".into()));
+    store.finish().await;
+}
