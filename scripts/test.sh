@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this script):
 #   formatting, clippy (pedantic, warnings are errors), documentation (warnings are errors),
-#   every crate's unit, integration, conformance and doc tests, and the checkout-saga acceptance run.
+#   the facade's feature hygiene (no feature, each feature alone; default builds compile no C
+#   library), every crate's unit, integration, conformance and doc tests (with every backend feature
+#   of the composable-rust facade and of checkout-saga on), and the checkout-saga acceptance runs.
 #
 # Servers: nats-server (JetStream) and PostgreSQL 15 (Debian packages) and tansu, a Kafka-protocol
 # broker (`cargo install tansu`, about 10 minutes the first time on 2 cores), are installed if missing
@@ -91,23 +93,44 @@ fi
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 
+# The composable-rust facade and checkout-saga build their embedded backends only by default; every
+# other backend is a cargo feature. Lints, tests and docs run with all of them, so that no backend's
+# code or tests silently drop out.
+all_features="composable-rust/all,checkout-saga/all"
+
 step "lints (cargo clippy, pedantic, -D warnings)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features "$all_features" -- -D warnings
 
 step "lints of the optional testcontainers helpers (they need Docker to run, so only compiled here)"
 cargo clippy -p composable-rust-postgres -p composable-rust-redpanda --features testcontainers --all-targets --locked -- -D warnings
 
+step "feature hygiene: the composable-rust facade with no feature, then each feature alone (cargo check)"
+for feature in "" memory testing sqlite postgres nats redpanda zenoh; do
+  echo "composable-rust --no-default-features ${feature:+--features $feature}"
+  cargo check --quiet --locked -p composable-rust --no-default-features ${feature:+--features "$feature"}
+done
+# Default builds are embedded and pure Rust: no C compiler, no -sys crate (bundled SQLite, librdkafka).
+for package in composable-rust checkout-saga; do
+  if cargo tree --locked -p "$package" -e normal,build --prefix none | grep -E '^(cc|cmake|[A-Za-z0-9_-]+-sys) '; then
+    echo "the default build of $package compiles C (crates above): keep C backends behind their features" >&2
+    exit 1
+  fi
+done
+
 step "tests (unit, integration, conformance, doc tests)"
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log_dir/test.log"
+cargo test --workspace --locked --no-fail-fast --features "$all_features" 2>&1 | tee "$log_dir/test.log"
+# The facade with no backend at all: connect refuses each left-out backend, naming its feature.
+cargo test --locked --no-fail-fast -p composable-rust --no-default-features --lib 2>&1 | tee -a "$log_dir/test.log"
 
 step "documentation (missing docs and broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet --features "$all_features"
 
 step "the small examples (examples/basics), each run as a user would"
 for example in counter todos bank_account compensation outbox_after_crash; do
   cargo run --quiet --locked -p composable-rust-basics --example "$example"
 done
 
+# `cargo run -p checkout-saga` as a user types it: the default build, embedded backends only.
 step "acceptance: checkout-saga --orders 1000 with declines and out-of-stock"
 cargo run --quiet --locked -p checkout-saga -- --orders 1000 --decline-every 7 --out-of-stock-every 11 --json
 

@@ -119,7 +119,8 @@ mod tests {
     /// whatever the features of the test run (scripts/test.sh runs this with none, too).
     #[tokio::test]
     async fn connect_refuses_exactly_the_backends_this_build_leaves_out() {
-        let bus_urls = [("memory:", Backend::Memory), ("nats://127.0.0.1:1", Backend::Nats), ("kafka://127.0.0.1:1", Backend::Redpanda), ("zenoh:", Backend::Zenoh)];
+        let bus_urls =
+            [("memory:", Backend::Memory), ("nats://127.0.0.1:1", Backend::Nats), ("kafka://127.0.0.1:1", Backend::Redpanda), ("zenoh:", Backend::Zenoh)];
         for (url, backend) in bus_urls {
             match crate::bus::BusUrl::parse(url) {
                 Err(crate::ConnectError::FeatureDisabled { feature, .. }) => assert!(!backend.compiled() && feature == backend.feature(), "{url}"),

@@ -242,7 +242,10 @@ mod tests {
     fn unknown_schemes_list_the_known_ones() {
         let err = parse_with("mysql://localhost/db", all).unwrap_err();
         assert!(matches!(&err, ConnectError::UnknownScheme { scheme, target: Target::Store, .. } if scheme == "mysql"), "{err:?}");
-        assert_eq!(err.to_string(), "unknown event store URL scheme \"mysql\" in \"mysql://localhost/db\": use one of memory:, sqlite:, postgres:, postgresql:");
+        assert_eq!(
+            err.to_string(),
+            "unknown event store URL scheme \"mysql\" in \"mysql://localhost/db\": use one of memory:, sqlite:, postgres:, postgresql:"
+        );
         assert!(matches!(parse_with("/tmp/x.db", all), Err(ConnectError::UnknownScheme { .. })));
     }
 

@@ -88,7 +88,12 @@ impl<'a> Parser<'a> {
                 Some((key, _)) if secret => format!("{key}=***"),
                 _ => pair.to_owned(),
             };
-            let bad = |reason: String| self.malformed(shown.as_str(), if secret { "a %-escape is not two hex digits, or decodes to bytes that are not UTF-8".to_owned() } else { reason });
+            let bad = |reason: String| {
+                self.malformed(
+                    shown.as_str(),
+                    if secret { "a %-escape is not two hex digits, or decodes to bytes that are not UTF-8".to_owned() } else { reason },
+                )
+            };
             let Some((key, value)) = pair.split_once('=') else {
                 return Err(self.malformed(shown.as_str(), "a query pair must be KEY=VALUE"));
             };
@@ -124,11 +129,13 @@ impl<'a> Parser<'a> {
 
     /// A backend refused the URL's address or options when connecting: a malformed URL, with the
     /// backend's own explanation.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres", feature = "nats", feature = "redpanda", feature = "zenoh")), allow(dead_code))]
     pub(crate) fn refused(&self, part: &str, error: &dyn std::error::Error) -> ConnectError {
         self.malformed(part, error.to_string())
     }
 
     /// Connecting failed: the backend's error as the source.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres", feature = "nats", feature = "redpanda", feature = "zenoh")), allow(dead_code))]
     pub(crate) fn failed(&self, backend: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> ConnectError {
         ConnectError::Connect { target: self.target, url: redact(self.url), backend, source: Box::new(error) }
     }
@@ -300,10 +307,7 @@ mod tests {
         assert_eq!(redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
         assert_eq!(redact("postgres://app@db/shop"), "postgres://app@db/shop");
         assert_eq!(redact("nats://tok@h:4222"), "nats://tok@h:4222");
-        assert_eq!(
-            redact("kafka://h:1?sasl.username=u&sasl.password=p%26q&acks=all"),
-            "kafka://h:1?sasl.username=u&sasl.password=***&acks=all"
-        );
+        assert_eq!(redact("kafka://h:1?sasl.username=u&sasl.password=p%26q&acks=all"), "kafka://h:1?sasl.username=u&sasl.password=***&acks=all");
         assert_eq!(redact("dual:nats://u:p@h:1|postgres://v:w@h/db?x=1"), "dual:nats://u:***@h:1|postgres://v:***@h/db?x=1");
         assert_eq!(redact("dual:kafka://h:1?secret.key=x|memory:"), "dual:kafka://h:1?secret.key=***|memory:");
         assert_eq!(redact("memory:"), "memory:");

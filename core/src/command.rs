@@ -1,5 +1,5 @@
 //! Commands sent from one reducer (typically a saga) to another store through
-//! [`crate::Effect::DispatchCommand`].
+//! [`crate::Effect::Dispatch`].
 //!
 //! The command travels type-erased ([`AnyCommand`]) so that one `Effect<A>` can address stores of any
 //! action type; tests read it back with [`AnyCommand::downcast_ref`].

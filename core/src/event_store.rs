@@ -167,7 +167,6 @@ pub struct PendingPublication {
 /// The underlying error of a store failure (see [`Cause`](crate::cause::Cause)).
 pub use crate::cause::Cause as StoreCause;
 
-
 /// Errors of an event store. New variants may be added: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

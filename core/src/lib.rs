@@ -32,11 +32,13 @@ pub mod topic;
 pub use aggregate::{Aggregate, DomainEvent, Reaction};
 pub use cause::Cause;
 pub use clock::Clock;
-pub use compose::{Combine, ForEach, IfLet, Scope, combine};
 pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Rejection};
+pub use compose::{Combine, ForEach, IfLet, Scope, combine};
 pub use effect::{Append, Callback, CancelInFlight, Dispatch, Effect, EffectId, EffectPath, Publish};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
-pub use event_bus::{BusCause, BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions};
+pub use event_bus::{
+    BusCause, BusMessage, ConsumerGroup, Delivery, DeliveryAck, EventBus, EventBusError, EventStream, SharedAck, SharedEventBus, SubscribeOptions,
+};
 pub use event_store::{
     AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, PruneReport, RecordedEvent, SharedEventStore,
     Snapshot, StoreCause,

@@ -120,7 +120,8 @@ impl EventBus for NamespacedBus {
 
     async fn subscribe_with(&self, topics: &[&str], options: SubscribeOptions) -> Result<EventStream, EventBusError> {
         if let Some(native) = topics.iter().find(|t| t.contains('/')) {
-            let reason = format!("{native:?} is a native key expression, which cannot be put under the namespace {:?}; subscribe with topic patterns", self.namespace());
+            let reason =
+                format!("{native:?} is a native key expression, which cannot be put under the namespace {:?}; subscribe with topic patterns", self.namespace());
             return Err(EventBusError::subscribe_failed(topics, BusCause::msg(reason)));
         }
         let inner_topics: Vec<String> = topics.iter().map(|t| self.inner_topic(t)).collect();

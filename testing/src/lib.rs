@@ -23,12 +23,12 @@ pub mod test_store;
 
 pub use aggregate_scenario::{AggregateOutcome, AggregateScenario};
 pub use clock::TestClock;
-pub use diff::debug_diff;
 /// Re-exported from `composable-rust-memory` for compatibility: the in-memory bus's module.
 pub use composable_rust_memory::bus as in_memory_bus;
 /// Re-exported from `composable-rust-memory` for compatibility: the in-memory store's module.
 pub use composable_rust_memory::store as in_memory_store;
 pub use composable_rust_memory::{BusStats, InMemoryEventBus, InMemoryEventStore};
+pub use diff::debug_diff;
 pub use saga_scenario::{Outcome, SagaScenario};
 pub use test_store::TestStore;
 

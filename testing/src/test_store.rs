@@ -358,11 +358,7 @@ where
         let mut expected_state = self.state.clone();
         expected(&mut expected_state);
         let effects = self.reducer.reduce(&mut self.state, action, &self.env);
-        assert!(
-            expected_state == self.state,
-            "{at}: {description}: state differs from the expected state\n{}",
-            debug_diff(&expected_state, &self.state)
-        );
+        assert!(expected_state == self.state, "{at}: {description}: state differs from the expected state\n{}", debug_diff(&expected_state, &self.state));
         self.spawn(effects, description);
     }
 

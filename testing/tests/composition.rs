@@ -104,10 +104,7 @@ impl Reducer for AppCore {
 
 fn app() -> impl Reducer<State = App, Action = AppAction, Environment = Env> {
     combine(
-        combine(
-            AppCore,
-            Scope::new("header", Countdown, |s: &mut App| &mut s.header, |e: &Env| &e.period, header, AppAction::Header),
-        ),
+        combine(AppCore, Scope::new("header", Countdown, |s: &mut App| &mut s.header, |e: &Env| &e.period, header, AppAction::Header)),
         combine(
             ForEach::new("rows", Countdown, |s: &mut App| &mut s.rows, |e: &Env| &e.period, row, AppAction::Row, AppAction::NoSuchRow),
             IfLet::new("detail", Countdown, |s: &mut App| &mut s.detail, |e: &Env| &e.period, detail, AppAction::Detail, || AppAction::NoDetail),

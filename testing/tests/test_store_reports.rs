@@ -119,8 +119,12 @@ async fn a_failing_receive_reports_the_tests_own_file_and_line() {
     let mut store = store().non_exhaustive();
     store.send(Action::Type("x".into()), |s| s.query = "x".into());
     store.advance(Duration::from_millis(300)).await;
-    let line = line!() + 1;
-    let failed = AssertUnwindSafe(async { store.receive(Action::Price(1), |_| {}).await; }).catch_unwind().await;
+    let line = line!() + 2;
+    let failed = AssertUnwindSafe(async {
+        store.receive(Action::Price(1), |_| {}).await;
+    })
+    .catch_unwind()
+    .await;
     let Err(panic) = failed else { panic!("the wrong action is expected") };
     let text = message(&*panic);
     assert!(text.starts_with(&format!("{}:{line}:", file!())), "the message names the test's line: {text}");

@@ -15,8 +15,8 @@ use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
 async fn store_without_publishing(store: Arc<dyn EventStore>) {
     let executor = Executor::builder().store(store).build();
     let event = SerializedEvent::new("OrderPlaced.v1", b"order-1".to_vec(), None);
-    let append = Effect::<()>::append(StreamId::new("order-1").expect("valid"), ExpectedVersion::NoStream, vec![event])
-        .publish_to(Topic::new("orders").expect("valid"));
+    let append =
+        Effect::<()>::append(StreamId::new("order-1").expect("valid"), ExpectedVersion::NoStream, vec![event]).publish_to(Topic::new("orders").expect("valid"));
     let feedback: Feedback<()> = Arc::new(|_, ()| {});
     executor.run(vec![append.into()], &feedback, &ExecutionScope::default()).await.expect("stored");
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use checkout_saga::app::{self, BusChoice, Config, Faults, Role, StoreChoice};
+use checkout_saga::app::{self, BusUrl, Config, Faults, Role, StoreUrl, parse_bus, parse_store};
 use clap::Parser;
 
 /// Runs N checkouts through the Order, Inventory and Payment aggregates and the CheckoutSaga, then
@@ -42,12 +42,14 @@ struct Args {
     /// Seconds to wait for every checkout to finish.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
-    /// Event store: `memory`, `sqlite:PATH` (kept across runs) or `postgres://USER@HOST:PORT/DB`.
+    /// Event store URL: `memory`, `sqlite:PATH` (kept across runs; feature `sqlite`) or
+    /// `postgres://USER@HOST:PORT/DB` (feature `postgres`).
     #[arg(long, default_value = "memory")]
     store: String,
-    /// Event bus: `memory`, `nats://HOST:PORT` (NATS JetStream), `redpanda://HOST:PORT[,HOST:PORT]`
-    /// (Redpanda or any Kafka broker; `?KEY=VALUE&...` passes librdkafka properties) or `zenoh`
-    /// (embedded, or a peer with `--listen`/`--connect`).
+    /// Event bus URL: `memory`, `nats://HOST:PORT` (NATS JetStream; feature `nats`),
+    /// `redpanda://HOST:PORT[,HOST:PORT]` (Redpanda or any Kafka broker; `?KEY=VALUE&...` passes
+    /// librdkafka properties; feature `redpanda`), `zenoh` (embedded, or a peer with
+    /// `--listen`/`--connect`; feature `zenoh`) or `dual:PRIMARY|SECONDARY[|MODE]`.
     #[arg(long, default_value = "memory")]
     bus: String,
     /// Zenoh only: an endpoint to listen on, e.g. `tcp/127.0.0.1:7447` (repeatable).
@@ -85,7 +87,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn,zenoh::net::routing=error" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
-    let (store, mut bus, role) = match (args.store.parse::<StoreChoice>(), args.bus.parse::<BusChoice>(), args.role.parse::<Role>()) {
+    let (store, mut bus, role) = match (parse_store(&args.store), parse_bus(&args.bus), args.role.parse::<Role>()) {
         (Ok(s), Ok(b), Ok(r)) => (s, b, r),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("checkout-saga: {e}");
@@ -93,9 +95,9 @@ fn main() -> ExitCode {
         }
     };
     match &mut bus {
-        BusChoice::Zenoh { listen, connect } => {
-            listen.clone_from(&args.listen);
-            connect.clone_from(&args.connect);
+        BusUrl::Zenoh { listen, connect, .. } => {
+            listen.extend(args.listen.iter().cloned());
+            connect.extend(args.connect.iter().cloned());
         }
         _ if !args.listen.is_empty() || !args.connect.is_empty() => {
             eprintln!("checkout-saga: --listen and --connect apply to --bus zenoh only");
@@ -142,16 +144,18 @@ fn main() -> ExitCode {
         }
     } else {
         let bus = match &config.bus {
-            BusChoice::Memory => "in-memory bus".to_string(),
-            BusChoice::Nats(url) => format!("NATS JetStream at {url}"),
-            BusChoice::Redpanda { brokers, .. } => format!("Redpanda/Kafka at {brokers}"),
-            BusChoice::Zenoh { listen, connect } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
-            BusChoice::Zenoh { listen, connect } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
+            BusUrl::Memory { .. } => "in-memory bus".to_string(),
+            BusUrl::Nats { .. } => format!("NATS JetStream at {}", config.bus),
+            BusUrl::Kafka { brokers, .. } => format!("Redpanda/Kafka at {brokers}"),
+            BusUrl::Zenoh { listen, connect, .. } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
+            BusUrl::Zenoh { listen, connect, .. } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
+            other => format!("bus {other}"),
         };
         let store = match &config.store {
-            StoreChoice::Memory => "in-memory store".to_string(),
-            StoreChoice::Sqlite(url) => format!("SQLite store {url}"),
-            StoreChoice::Postgres(url) => format!("PostgreSQL store at {}", url.rsplit('@').next().unwrap_or_default()),
+            StoreUrl::Memory => "in-memory store".to_string(),
+            StoreUrl::Sqlite { url, .. } => format!("SQLite store {url}"),
+            StoreUrl::Postgres { url, .. } => format!("PostgreSQL store at {}", url.rsplit('@').next().unwrap_or_default()),
+            other => format!("store {other}"),
         };
         println!("checkout-saga: {} orders, {store}, {bus}, {} saga worker(s)", report.orders, config.workers);
         println!(

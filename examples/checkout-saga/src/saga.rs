@@ -10,7 +10,7 @@
 //!          Cancel order (no charge)               Release stock + Cancel order
 //! ```
 
-use composable_rust_core::{CodecError, Dispatch, DomainEvent, Effect, Effects, Reducer, Saga, SagaInput, SerializedEvent, smallvec};
+use composable_rust::{CodecError, Dispatch, DomainEvent, Effect, Effects, Reducer, Saga, SagaInput, SerializedEvent, smallvec};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::inventory::{self, InventoryCommand, InventoryEvent, InventoryReleased, InventoryReservationFailed, InventoryReserved};

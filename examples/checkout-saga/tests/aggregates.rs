@@ -10,9 +10,9 @@ use checkout_saga::domain::inventory::{
 use checkout_saga::domain::order::{OrderAggregate, OrderCommand, OrderConfirmed, OrderError, OrderEvent, OrderLine, OrderPlaced, OrderStatus};
 use checkout_saga::domain::payment::{DECLINED_CARD, PaymentAggregate, PaymentCaptured, PaymentCommand, PaymentDeclined, PaymentEvent};
 use checkout_saga::domain::{ORDER_TOPIC, PAYMENT_TOPIC};
-use composable_rust_core::{Aggregate, EventBus, ExpectedVersion, SubscribeOptions, Version};
-use composable_rust_runtime::{AggregateError, AggregateHandler, EffectObserver, EffectRecord, Executor};
-use composable_rust_testing::{AggregateScenario, InMemoryEventBus, InMemoryEventStore};
+use composable_rust::runtime::{AggregateError, AggregateHandler, EffectObserver, EffectRecord, Executor};
+use composable_rust::testing::{AggregateScenario, InMemoryEventBus, InMemoryEventStore};
+use composable_rust::{Aggregate, EventBus, ExpectedVersion, SubscribeOptions, Version};
 use futures::StreamExt;
 use parking_lot::Mutex;
 
@@ -26,9 +26,7 @@ fn placed(id: &str) -> OrderEvent {
 
 #[test]
 fn an_order_is_placed_then_confirmed_once() {
-    AggregateScenario::new(OrderAggregate, (), "o-1")
-        .when(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") })
-        .then_events(&[placed("o-1")]);
+    AggregateScenario::new(OrderAggregate, (), "o-1").when(OrderCommand::Place { order_id: "o-1".into(), line: line("tok") }).then_events(&[placed("o-1")]);
     AggregateScenario::new(OrderAggregate, (), "o-1")
         .given([placed("o-1")])
         .when(OrderCommand::Confirm { order_id: "o-1".into() })

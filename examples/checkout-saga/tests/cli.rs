@@ -37,9 +37,11 @@ fn an_unsupported_backend_is_a_clear_error() {
     let (ok, _, stderr) = run(&["--store", "mysql://localhost/db"]);
     assert!(!ok);
     assert!(stderr.contains("unsupported --store"), "{stderr}");
+    assert!(stderr.contains("use one of memory:, sqlite:, postgres:, postgresql:"), "the known schemes are listed: {stderr}");
 }
 
 #[test]
+#[cfg_attr(not(feature = "nats"), ignore = "needs --features nats")]
 fn the_same_scenario_runs_over_nats_jetstream() {
     let Ok(url) = std::env::var("NATS_URL") else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but NATS_URL is not set (scripts/test.sh starts nats-server and sets it)");
@@ -55,6 +57,7 @@ fn the_same_scenario_runs_over_nats_jetstream() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "sqlite"), ignore = "needs --features sqlite")]
 fn a_sqlite_store_keeps_state_across_runs() {
     let path = std::env::temp_dir().join(format!("checkout-{}.db", std::process::id()));
     let url = format!("sqlite:{}", path.display());
@@ -71,6 +74,7 @@ fn a_sqlite_store_keeps_state_across_runs() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "postgres"), ignore = "needs --features postgres")]
 fn the_same_scenario_runs_on_postgresql() {
     let Ok(url) = std::env::var("DATABASE_URL") else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but DATABASE_URL is not set (scripts/test.sh starts PostgreSQL and sets it)");
@@ -85,6 +89,7 @@ fn the_same_scenario_runs_on_postgresql() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "zenoh"), ignore = "needs --features zenoh")]
 fn the_same_scenario_runs_on_embedded_zenoh() {
     let (ok, stdout, stderr) = run(&["--bus", "zenoh", "--orders", "300", "--json"]);
     assert!(ok, "exit status not 0\n{stdout}\n{stderr}");
@@ -95,16 +100,16 @@ fn the_same_scenario_runs_on_embedded_zenoh() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "zenoh"), ignore = "needs --features zenoh")]
 fn a_zenoh_peer_in_another_process_sees_the_run() {
-    use composable_rust_core::{EventBus, SubscribeOptions};
-    use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
+    use composable_rust::SubscribeOptions;
     use futures::StreamExt;
     use std::collections::HashSet;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    let observer = runtime.block_on(ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint))).expect("observer peer");
+    let observer = runtime.block_on(composable_rust::bus::connect(&format!("zenoh:peer?listen={endpoint}"))).expect("observer peer");
     let mut orders = runtime.block_on(observer.subscribe_with(&["events/order.events/**"], SubscribeOptions::exclusive())).unwrap();
 
     let (ok, stdout, stderr) = run(&["--bus", "zenoh", "--connect", &endpoint, "--orders", "50", "--json"]);
@@ -134,7 +139,27 @@ fn zenoh_endpoints_are_refused_for_other_buses_and_checked() {
     assert!(stderr.contains("apply to --bus zenoh only"), "{stderr}");
     let (ok, _, stderr) = run(&["--bus", "zenoh", "--connect", "127.0.0.1:7447"]);
     assert!(!ok);
-    assert!(stderr.contains("invalid Zenoh endpoint"), "{stderr}");
+    if cfg!(feature = "zenoh") {
+        assert!(stderr.contains("invalid Zenoh endpoint"), "{stderr}");
+    } else {
+        assert!(stderr.contains("--features zenoh"), "a build without Zenoh says how to get it: {stderr}");
+    }
+}
+
+#[test]
+fn a_dual_bus_url_runs_the_scenario_over_two_buses() {
+    let (ok, stdout, stderr) = run(&["--bus", "dual:memory|memory|dual-read-secondary", "--orders", "100", "--json"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["orders"], 100);
+}
+
+#[test]
+fn a_malformed_bus_url_is_a_clear_error() {
+    let (ok, _, stderr) = run(&["--bus", "memory:?capacity=lots"]);
+    assert!(!ok);
+    assert!(stderr.contains("unsupported --bus: malformed event bus URL") && stderr.contains("\"capacity=lots\""), "{stderr}");
 }
 
 /// `redpanda://KAFKA_BROKERS`, with `KAFKA_CLIENT_PROPERTIES` (`k=v,k=v`; the tansu workaround
@@ -154,6 +179,7 @@ fn namespace() -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "redpanda"), ignore = "needs --features redpanda")]
 fn the_same_scenario_runs_over_redpanda_kafka() {
     let Some(bus) = kafka_bus_url() else { return };
     let ns = namespace();
@@ -167,6 +193,7 @@ fn the_same_scenario_runs_over_redpanda_kafka() {
 }
 
 #[test]
+#[cfg_attr(not(all(feature = "redpanda", feature = "sqlite", feature = "postgres")), ignore = "needs --features redpanda,sqlite,postgres")]
 fn two_saga_worker_processes_share_one_kafka_consumer_group() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
@@ -241,10 +268,14 @@ fn two_saga_worker_processes_share_one_kafka_consumer_group() {
     let published = report["events_published"].as_u64().unwrap() + reports.iter().map(|r| r["events_published"].as_u64().unwrap()).sum::<u64>();
     // At-least-once: an event can be published twice (each process's outbox relay may republish
     // another's in-flight publish) and redelivered on a rebalance; the saga applies it once and
-    // recognises the rest. The driver's checks above prove the effects happened exactly once.
+    // recognises the rest. The driver's checks above prove the effects happened exactly once. Every
+    // applied step came from a publish; the saga ignores the restocks (one StockAdded per SKU). No
+    // upper bound: a duplicate published near the end (a relay republishing an entry another process
+    // was still marking) may reach the group after the workers were told to stop.
     let applied = steps.iter().sum::<u64>();
     let recognised: u64 = reports.iter().map(|r| r["saga_duplicates"].as_u64().unwrap()).sum();
-    assert!(applied <= published && published <= applied + recognised, "applied {applied}, recognised {recognised}, published {published}: {reports:?}");
+    let ignored = report["skus_stocked"].as_u64().unwrap();
+    assert!(applied + ignored <= published, "applied {applied}, recognised {recognised}, ignored {ignored}, published {published}: {reports:?}");
     assert!(reports.iter().all(|r| r["dead_letters"] == 0), "{reports:?}");
 }
 
@@ -270,6 +301,7 @@ fn faults_on_the_in_memory_backends_keep_every_invariant() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "sqlite"), ignore = "needs --features sqlite")]
 fn faults_on_sqlite_keep_every_invariant() {
     let path = std::env::temp_dir().join(format!("checkout-faults-{}.db", std::process::id()));
     faulty_run(&["--store", &format!("sqlite:{}", path.display())]);
@@ -279,11 +311,13 @@ fn faults_on_sqlite_keep_every_invariant() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "zenoh"), ignore = "needs --features zenoh")]
 fn faults_on_embedded_zenoh_keep_every_invariant() {
     faulty_run(&["--bus", "zenoh"]);
 }
 
 #[test]
+#[cfg_attr(not(feature = "nats"), ignore = "needs --features nats")]
 fn faults_over_nats_keep_every_invariant() {
     let Ok(url) = std::env::var("NATS_URL") else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but NATS_URL is not set (scripts/test.sh starts nats-server and sets it)");
@@ -294,6 +328,7 @@ fn faults_over_nats_keep_every_invariant() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "redpanda"), ignore = "needs --features redpanda")]
 fn faults_over_kafka_keep_every_invariant() {
     let Some(bus) = kafka_bus_url() else { return };
     faulty_run(&["--bus", &bus, "--namespace", &namespace()]);

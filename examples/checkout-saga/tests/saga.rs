@@ -1,12 +1,12 @@
 //! The CheckoutSaga, given/when/then: which commands each event leads to, including compensation.
 
 use checkout_saga::domain::inventory::{InventoryCommand, InventoryReleased, InventoryReservationFailed, InventoryReserved};
+use checkout_saga::domain::order::OrderEvent;
 use checkout_saga::domain::order::{CancelReason, OrderCancelled, OrderCommand, OrderConfirmed, OrderLine, OrderPlaced};
 use checkout_saga::domain::payment::{PaymentCaptured, PaymentCommand, PaymentDeclined};
-use checkout_saga::domain::order::OrderEvent;
 use checkout_saga::saga::{CheckoutAction, CheckoutSaga, CheckoutState, CheckoutStep};
-use composable_rust_core::{DomainEvent, Saga, SerializedEvent};
-use composable_rust_testing::SagaScenario;
+use composable_rust::testing::SagaScenario;
+use composable_rust::{DomainEvent, Saga, SerializedEvent};
 
 fn line() -> OrderLine {
     OrderLine { sku: "sku-1".into(), quantity: 2, amount_cents: 2_500, card_token: "tok".into() }
@@ -34,10 +34,11 @@ fn a_placed_order_reserves_stock() {
 
 #[test]
 fn reserved_stock_leads_to_payment_then_confirmation() {
-    scenario()
-        .given([placed()])
-        .when(reserved())
-        .expect_commands(&[(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_500, card_token: "tok".into() })]);
+    scenario().given([placed()]).when(reserved()).expect_commands(&[(PaymentCommand::Capture {
+        order_id: "o-1".into(),
+        amount_cents: 2_500,
+        card_token: "tok".into(),
+    })]);
     let captured = CheckoutAction::PaymentCaptured(PaymentCaptured { order_id: "o-1".into(), amount_cents: 2_500 });
     scenario().given([placed(), reserved()]).when(captured.clone()).expect_commands(&[OrderCommand::Confirm { order_id: "o-1".into() }]);
     scenario()

@@ -3,6 +3,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use composable_rust::ConnectError;
+pub use composable_rust::bus::BusUrl;
+pub use composable_rust::store::StoreUrl;
+
 use super::faults::Faults;
 
 /// SKU that is never stocked: orders for it run out of stock.
@@ -11,15 +15,16 @@ pub const DISCONTINUED_SKU: &str = "sku-discontinued";
 /// Why the scenario could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// A `--store` value this build does not support.
-    #[error("unsupported --store {0:?}: use `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`")]
-    UnsupportedStore(String),
+    /// A `--store` URL this build cannot use: an unknown scheme, a backend not compiled in, or a
+    /// malformed URL (the facade's parser says which).
+    #[error("unsupported --store: {0}{hint}", hint = feature_hint(.0))]
+    UnsupportedStore(#[source] ConnectError),
     /// The store could not be opened.
     #[error("event store: {0}")]
     Store(String),
-    /// A `--bus` value this build does not support.
-    #[error("unsupported --bus {0:?}: use `memory`, `nats://HOST:PORT`, `redpanda://HOST:PORT[?KEY=VALUE&...]` or `zenoh`")]
-    UnsupportedBus(String),
+    /// A `--bus` URL this build cannot use (as for `--store`).
+    #[error("unsupported --bus: {0}{hint}", hint = feature_hint(.0))]
+    UnsupportedBus(#[source] ConnectError),
     /// The bus could not be reached or set up.
     #[error("event bus: {0}")]
     Bus(String),
@@ -28,75 +33,22 @@ pub enum AppError {
     Setup(String),
 }
 
-/// Which event store to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreChoice {
-    /// In process memory.
-    Memory,
-    /// A SQLite file (`sqlite:PATH`): state is kept across runs.
-    Sqlite(String),
-    /// PostgreSQL (`postgres://...`); the schema is created if missing.
-    Postgres(String),
-}
-
-impl FromStr for StoreChoice {
-    type Err = AppError;
-    fn from_str(s: &str) -> Result<Self, AppError> {
-        match s {
-            "memory" | "mem" | "in-memory" => Ok(StoreChoice::Memory),
-            url if url.starts_with("sqlite:") => Ok(StoreChoice::Sqlite(url.to_string())),
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(StoreChoice::Postgres(url.to_string())),
-            other => Err(AppError::UnsupportedStore(other.to_string())),
-        }
+/// For a backend left out of this build: the example's own feature of the same name.
+fn feature_hint(error: &ConnectError) -> String {
+    match error {
+        ConnectError::FeatureDisabled { feature, .. } => format!(" (for this example: cargo run -p checkout-saga --features {feature})"),
+        _ => String::new(),
     }
 }
 
-/// Which bus to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusChoice {
-    /// In process memory.
-    Memory,
-    /// NATS JetStream at this URL.
-    Nats(String),
-    /// Redpanda/Kafka at these bootstrap brokers (`redpanda://HOST:PORT[,HOST:PORT][?KEY=VALUE&...]`,
-    /// the query being librdkafka properties passed through).
-    Redpanda {
-        /// Bootstrap brokers.
-        brokers: String,
-        /// librdkafka properties.
-        properties: Vec<(String, String)>,
-    },
-    /// Zenoh: embedded when both lists are empty, otherwise a peer on these endpoints
-    /// (`tcp/HOST:PORT`). Every peer sees every event: connect observers, not a second checkout-saga,
-    /// whose saga would act on this run's orders too (Zenoh groups do not span processes).
-    Zenoh {
-        /// Endpoints to listen on.
-        listen: Vec<String>,
-        /// Peers to connect to.
-        connect: Vec<String>,
-    },
+/// Parses `--store`: the facade's URLs (`memory`, `sqlite:PATH`, `postgres://...`).
+pub fn parse_store(url: &str) -> Result<StoreUrl, AppError> {
+    url.parse().map_err(AppError::UnsupportedStore)
 }
 
-impl FromStr for BusChoice {
-    type Err = AppError;
-    fn from_str(s: &str) -> Result<Self, AppError> {
-        match s {
-            "memory" | "mem" | "in-memory" => Ok(BusChoice::Memory),
-            url if url.starts_with("nats://") => Ok(BusChoice::Nats(url.to_string())),
-            "zenoh" => Ok(BusChoice::Zenoh { listen: Vec::new(), connect: Vec::new() }),
-            url if url.starts_with("redpanda://") || url.starts_with("kafka://") => {
-                let rest = url.split_once("://").map(|(_, b)| b).unwrap_or_default();
-                let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
-                let mut properties = Vec::new();
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once('=').ok_or_else(|| AppError::Bus(format!("{url}: {pair:?} is not a KEY=VALUE client property")))?;
-                    properties.push((k.to_string(), v.to_string()));
-                }
-                Ok(BusChoice::Redpanda { brokers: brokers.trim_end_matches('/').to_string(), properties })
-            }
-            other => Err(AppError::UnsupportedBus(other.to_string())),
-        }
-    }
+/// Parses `--bus`: the facade's URLs (`memory`, `nats://...`, `redpanda://...`, `zenoh`, `dual:...`).
+pub fn parse_bus(url: &str) -> Result<BusUrl, AppError> {
+    url.parse().map_err(AppError::UnsupportedBus)
 }
 
 /// Scenario settings.
@@ -119,9 +71,10 @@ pub struct Config {
     /// How long to wait for every checkout to finish.
     pub timeout: Duration,
     /// Event store.
-    pub store: StoreChoice,
-    /// Event bus.
-    pub bus: BusChoice,
+    pub store: StoreUrl,
+    /// Event bus (in-memory and Zenoh buses left at their default capacity get room for every event
+    /// of the run).
+    pub bus: BusUrl,
     /// Prefix of every topic and of the saga's consumer group (runs sharing a broker stay apart).
     pub namespace: Option<String>,
     /// What this process does.
@@ -165,12 +118,11 @@ impl Default for Config {
             concurrency: 16,
             workers: 2,
             timeout: Duration::from_secs(60),
-            store: StoreChoice::Memory,
-            bus: BusChoice::Memory,
+            store: StoreUrl::Memory,
+            bus: BusUrl::memory(),
             namespace: None,
             role: Role::All,
             faults: Faults::default(),
         }
     }
 }
-

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use composable_rust_core::{
+use composable_rust::event_bus::BusCause;
+use composable_rust::event_store::{PruneReport, StoreCause};
+use composable_rust::{
     AppendRequest, AppendResult, Delivery, EventBus, EventBusError, EventStore, EventStoreError, EventStream, GlobalPosition, PendingPublication,
     RecordedEvent, SerializedEvent, Snapshot, StreamId, SubscribeOptions, Topic, Version,
 };
-use composable_rust_core::event_bus::BusCause;
-use composable_rust_core::event_store::{PruneReport, StoreCause};
 use futures::Stream;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;

@@ -8,6 +8,6 @@ pub mod scenario;
 pub mod verify;
 pub mod wiring;
 
-pub use config::{AppError, BusChoice, Config, DISCONTINUED_SKU, Role, StoreChoice};
+pub use config::{AppError, BusUrl, Config, DISCONTINUED_SKU, Role, StoreUrl, parse_bus, parse_store};
 pub use faults::Faults;
 pub use scenario::{Expected, PlannedOrder, Report, WorkerReport, plan_orders, run, run_worker};

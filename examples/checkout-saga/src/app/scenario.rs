@@ -1,18 +1,18 @@
 //! The scenario: a deterministic mix of orders, placed concurrently, waited for, then verified.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use composable_rust_core::SubscribeOptions;
-use composable_rust_runtime::outbox::{OutboxRelay, RelayConfig, spawn_relay};
-use composable_rust_runtime::{DeadLetterSink, SagaRunner};
+use composable_rust::SubscribeOptions;
+use composable_rust::runtime::outbox::{OutboxRelay, RelayConfig, spawn_relay};
+use composable_rust::runtime::{DeadLetterSink, SagaRunner};
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::config::{AppError, Config, DISCONTINUED_SKU, Role, StoreChoice};
+use super::config::{AppError, Config, DISCONTINUED_SKU, Role, StoreUrl};
 use super::verify::{Invariants, check_invariants, check_stock, head_position, verify_orders};
 use super::wiring::Wiring;
 use crate::domain::ORDER_TOPIC;
@@ -20,7 +20,7 @@ use crate::domain::inventory::InventoryCommand;
 use crate::domain::order::{self, OrderCommand, OrderLine};
 use crate::domain::payment::DECLINED_CARD;
 use crate::saga::CheckoutSaga;
-use composable_rust_core::Saga;
+use composable_rust::Saga;
 
 /// What a worker process did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -37,7 +37,7 @@ pub struct WorkerReport {
 
 /// Runs saga workers until `stop` resolves (a worker process's standard input closing).
 pub async fn run_worker(config: &Config, ready: impl FnOnce(), stop: impl Future<Output = ()>) -> Result<WorkerReport, AppError> {
-    if config.store == StoreChoice::Memory {
+    if config.store == StoreUrl::Memory {
         return Err(AppError::Setup("a worker process needs a store shared with the driver: --store sqlite:PATH or postgres://...".into()));
     }
     let w = Wiring::new(config).await?;
@@ -128,6 +128,12 @@ pub struct Report {
     pub events_published: u64,
     /// SKUs stocked before the orders (each a published `StockAdded` event).
     pub skus_stocked: usize,
+    /// Orders placed per second of wall time, until every checkout finished.
+    pub orders_per_sec: f64,
+    /// Median time from placing an order to its final event on the bus.
+    pub p50_ms: f64,
+    /// 99th percentile of that time.
+    pub p99_ms: f64,
     /// Wall time of the scenario.
     pub elapsed_ms: u128,
     /// Saga steps applied.
@@ -161,10 +167,9 @@ impl Report {
     }
 }
 
-
 /// Runs the scenario.
 pub async fn run(config: &Config) -> Result<Report, AppError> {
-    if config.role == Role::Driver && config.store == StoreChoice::Memory {
+    if config.role == Role::Driver && config.store == StoreUrl::Memory {
         return Err(AppError::Setup("--role driver needs a store shared with the worker processes: --store sqlite:PATH or postgres://...".into()));
     }
     let w = Wiring::new(config).await?;
@@ -176,43 +181,30 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     // The relay publishes what the outbox still holds: entries a crashed run never published, and
     // publishes that failed (at least once; the saga recognises what it has seen). An in-memory store
     // starts empty, and without injected faults every publish goes through the first time.
-    let relay = (config.store != StoreChoice::Memory || config.faults.any()).then(|| spawn_relay(w.relay(), Duration::from_secs(1)));
+    let relay = (config.store != StoreUrl::Memory || config.faults.any()).then(|| spawn_relay(w.relay(), Duration::from_secs(1)));
 
     // Watch order outcomes from the bus to know when every checkout is done.
-    let mut outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
+    let outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
     let mut workers = Vec::new();
     let in_process_workers = if config.role == Role::Driver { 0 } else { config.workers.max(1) };
     for _ in 0..in_process_workers {
         workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
     }
 
-    // Stock every SKU with exactly what the orders need plus a margin, so only the discontinued SKU runs out.
-    let mut demand: BTreeMap<String, u32> = BTreeMap::new();
-    for o in plan.iter().filter(|o| o.expected != Expected::OutOfStock) {
-        *demand.entry(o.line.sku.clone()).or_default() += o.line.quantity;
-    }
-    for (sku, quantity) in &demand {
-        w.inventory
-            .send(InventoryCommand::Restock { sku: sku.clone(), quantity: quantity + 5 })
-            .await
-            .map_err(|e| AppError::Setup(format!("restocking {sku}: {e}")))?;
-    }
+    let demand = stock(&w, &plan).await?;
 
-    let placed = futures::stream::iter(plan.iter())
-        .map(|o| {
-            let orders = Arc::clone(&w.orders);
-            async move { orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await }
-        })
-        .buffer_unordered(config.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await;
-    let mut problems: Vec<String> = placed.into_iter().filter_map(Result::err).map(|e| format!("placing an order failed: {e}")).collect();
-
+    // Outcomes are watched while orders are placed, so each order's latency runs from its place
+    // command to its final event on the bus.
     let deadline = tokio::time::Instant::now() + config.timeout;
-    let finished = wait_for_outcomes(&mut outcomes, plan.len(), deadline).await;
+    let watcher = tokio::spawn(watch_outcomes(outcomes, plan.len(), deadline));
+    let (placed_at, mut problems) = place(&w, &plan, config.concurrency).await;
+
+    let done = watcher.await.map_err(|e| AppError::Setup(format!("the outcome watcher failed: {e}")))?;
+    let finished = done.len();
     if finished < plan.len() {
         problems.push(format!("{} of {} orders did not reach a final state within {:?}", plan.len() - finished, plan.len(), config.timeout));
     }
+    let latency = Latency::of(&placed_at, &done);
     // The order's final event is also the saga's last step: wait for the workers to record it.
     let checker = w.saga_runner();
     let unfinished_sagas = wait_for_sagas(&checker, &plan, deadline).await?;
@@ -252,6 +244,10 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         events_persisted: usize::try_from(head_after.1 - head_before.1).unwrap_or(usize::MAX),
         events_published: w.published(),
         skus_stocked: demand.len(),
+        #[allow(clippy::cast_precision_loss)]
+        orders_per_sec: plan.len() as f64 / (elapsed_ms.max(1) as f64 / 1e3),
+        p50_ms: latency.p50_ms,
+        p99_ms: latency.p99_ms,
         elapsed_ms,
         saga_steps,
         saga_duplicates,
@@ -287,21 +283,82 @@ async fn wait_for_sagas(checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder
     Ok(unfinished)
 }
 
-/// Counts distinct orders confirmed or cancelled on the bus until `expected` or the deadline.
-async fn wait_for_outcomes(outcomes: &mut composable_rust_core::EventStream, expected: usize, deadline: tokio::time::Instant) -> usize {
-    let mut done: HashSet<String> = HashSet::new();
+/// Stocks every SKU with exactly what the orders need plus a margin, so only the discontinued SKU
+/// runs out; returns the demand per SKU.
+async fn stock(w: &Wiring, plan: &[PlannedOrder]) -> Result<BTreeMap<String, u32>, AppError> {
+    let mut demand: BTreeMap<String, u32> = BTreeMap::new();
+    for o in plan.iter().filter(|o| o.expected != Expected::OutOfStock) {
+        *demand.entry(o.line.sku.clone()).or_default() += o.line.quantity;
+    }
+    for (sku, quantity) in &demand {
+        w.inventory
+            .send(InventoryCommand::Restock { sku: sku.clone(), quantity: quantity + 5 })
+            .await
+            .map_err(|e| AppError::Setup(format!("restocking {sku}: {e}")))?;
+    }
+    Ok(demand)
+}
+
+/// Places every order, `concurrency` at a time; returns when each was placed and the failures.
+async fn place(w: &Wiring, plan: &[PlannedOrder], concurrency: usize) -> (HashMap<String, Instant>, Vec<String>) {
+    let placed_at: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let placed = futures::stream::iter(plan.iter())
+        .map(|o| {
+            let orders = Arc::clone(&w.orders);
+            let placed_at = Arc::clone(&placed_at);
+            async move {
+                placed_at.lock().insert(o.order_id.clone(), Instant::now());
+                orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let problems = placed.into_iter().filter_map(Result::err).map(|e| format!("placing an order failed: {e}")).collect();
+    let placed_at = std::mem::take(&mut *placed_at.lock());
+    (placed_at, problems)
+}
+
+/// When each order's final event (confirmed or cancelled) was seen on the bus, until `expected`
+/// orders finished or the deadline passed.
+async fn watch_outcomes(mut outcomes: composable_rust::EventStream, expected: usize, deadline: tokio::time::Instant) -> HashMap<String, Instant> {
+    let mut done: HashMap<String, Instant> = HashMap::new();
     while done.len() < expected {
         let Ok(Some(item)) = tokio::time::timeout_at(deadline, outcomes.next()).await else { break };
         let Ok(delivery) = item else { continue };
         let event = delivery.event();
         if event.event_type == order::event_types::CONFIRMED || event.event_type == order::event_types::CANCELLED {
             if let Some(id) = &event.metadata.correlation_id {
-                done.insert(id.clone());
+                done.entry(id.clone()).or_insert_with(Instant::now);
             }
         }
         let _ = delivery.ack().await;
     }
-    done.len()
+    done
+}
+
+/// Completion latency percentiles over the orders that finished.
+#[derive(Debug, Clone, Copy, Default)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Latency {
+    fn of(placed: &HashMap<String, Instant>, done: &HashMap<String, Instant>) -> Self {
+        let mut ms: Vec<f64> = done.iter().filter_map(|(id, end)| placed.get(id).map(|start| end.duration_since(*start).as_secs_f64() * 1e3)).collect();
+        if ms.is_empty() {
+            return Self::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            // Nearest rank: the smallest value with at least q of the samples at or below it.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len());
+            ms[rank - 1]
+        };
+        Self { p50_ms: at(0.50), p99_ms: at(0.99) }
+    }
 }
 
 impl Wiring {
@@ -317,7 +374,7 @@ impl Wiring {
     }
 
     /// One relay pass publishing everything pending now (no minimum age).
-    pub(crate) async fn relay_now(&self) -> Result<composable_rust_runtime::outbox::RelayReport, composable_rust_core::EventStoreError> {
+    pub(crate) async fn relay_now(&self) -> Result<composable_rust::runtime::outbox::RelayReport, composable_rust::EventStoreError> {
         OutboxRelay::new(Arc::clone(&self.store), Arc::clone(&self.dyn_bus), Arc::clone(&self.dead_letters) as Arc<dyn DeadLetterSink>, RelayConfig::default())
             .pass()
             .await

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use composable_rust_core::{DomainEvent, EventStore, GlobalPosition};
-use composable_rust_runtime::{AggregateHandler, SagaRunner};
+use composable_rust::runtime::{AggregateHandler, SagaRunner};
+use composable_rust::{DomainEvent, EventStore, GlobalPosition};
 
 use super::config::{AppError, DISCONTINUED_SKU};
 use super::scenario::{Expected, PlannedOrder};
@@ -26,7 +26,12 @@ pub(crate) struct Tally {
 }
 
 /// Loads every order, payment and saga instance from the store and checks each ended as planned.
-pub(crate) async fn verify_orders(w: &Wiring, checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder], problems: &mut Vec<String>) -> Result<Tally, AppError> {
+pub(crate) async fn verify_orders(
+    w: &Wiring,
+    checker: &SagaRunner<CheckoutSaga>,
+    plan: &[PlannedOrder],
+    problems: &mut Vec<String>,
+) -> Result<Tally, AppError> {
     let mut tally = Tally { all_final: true, ..Tally::default() };
     for o in plan {
         let order = w.orders.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
@@ -66,7 +71,7 @@ pub(crate) async fn verify_orders(w: &Wiring, checker: &SagaRunner<CheckoutSaga>
 }
 
 /// The last global position and the number of events in the store, read page by page.
-pub(crate) async fn head_position(store: &dyn EventStore) -> Result<(GlobalPosition, u64), composable_rust_core::EventStoreError> {
+pub(crate) async fn head_position(store: &dyn EventStore) -> Result<(GlobalPosition, u64), composable_rust::EventStoreError> {
     let mut after = GlobalPosition(0);
     let mut count = 0u64;
     loop {
@@ -106,7 +111,6 @@ pub(crate) async fn check_stock(
     Ok(problems)
 }
 
-
 /// Invariants that must hold under any injected faults.
 #[derive(Debug, Default)]
 pub(crate) struct Invariants {
@@ -120,8 +124,8 @@ pub(crate) struct Invariants {
 pub(crate) async fn check_invariants(w: &Wiring, plan: &[PlannedOrder], problems: &mut Vec<String>) -> Result<Invariants, AppError> {
     let store = &*w.store;
     let read = |stream: String| async move {
-        let id = composable_rust_core::StreamId::new(stream).map_err(|e| AppError::Setup(e.to_string()))?;
-        composable_rust_core::event_store::read_stream_to_end(store, &id, composable_rust_core::Version(1)).await.map_err(|e| AppError::Store(e.to_string()))
+        let id = composable_rust::StreamId::new(stream).map_err(|e| AppError::Setup(e.to_string()))?;
+        composable_rust::event_store::read_stream_to_end(store, &id, composable_rust::Version(1)).await.map_err(|e| AppError::Store(e.to_string()))
     };
     let mut inv = Invariants::default();
     let mut skus: HashSet<String> = HashSet::new();

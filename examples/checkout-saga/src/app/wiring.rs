@@ -1,70 +1,25 @@
-//! Wiring: the store, the bus (with fault injection and counting), one executor owning them, the
-//! aggregate handlers registered with its command router, and saga workers.
+//! Wiring: the store and the bus connected from their URLs by the `composable-rust` facade, the bus
+//! wrapped in the runtime's decorators (fault injection, the run's namespace, counting), one executor
+//! owning them, the aggregate handlers registered with its command router, and saga workers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use composable_rust_core::{EventBus, EventStore, SubscribeOptions};
-use composable_rust_nats::NatsEventBus;
-use composable_rust_postgres::PostgresEventStore;
-use composable_rust_redpanda::{RedpandaConfig, RedpandaEventBus};
-use composable_rust_runtime::{AggregateHandler, CommandRouter, DeadLetterSink, Executor, InMemoryDeadLetters, RetryPolicy, SagaRunner};
-use composable_rust_sqlite::SqliteEventStore;
-use composable_rust_testing::{InMemoryEventBus, InMemoryEventStore};
-use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
+use composable_rust::runtime::{
+    AggregateHandler, CommandRouter, CountingBus, DeadLetterSink, Executor, InMemoryDeadLetters, NamespacedBus, RetryPolicy, SagaRunner,
+};
+use composable_rust::{EventBus, EventStore};
 
-use super::config::{AppError, BusChoice, Config, StoreChoice};
+use super::config::{AppError, Config};
 use super::faults::{Dice, FlakyBus, FlakyStore};
 use crate::domain::inventory::InventoryAggregate;
 use crate::domain::order::OrderAggregate;
 use crate::domain::payment::PaymentAggregate;
 use crate::saga::CheckoutSaga;
-use composable_rust_core::Saga;
-
-/// Counts successful publishes on any bus, for the report, and puts every topic under the run's
-/// namespace (`{namespace}.order.events`) when one is set, so that runs sharing a broker never see
-/// each other's events.
-pub(crate) struct CountingBus {
-    inner: Arc<dyn EventBus>,
-    published: AtomicU64,
-    prefix: Option<String>,
-}
-
-impl CountingBus {
-    fn topic<'a>(&self, topic: &'a str) -> std::borrow::Cow<'a, str> {
-        match &self.prefix {
-            Some(p) => std::borrow::Cow::Owned(format!("{p}.{topic}")),
-            None => std::borrow::Cow::Borrowed(topic),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl EventBus for CountingBus {
-    async fn publish(&self, topic: &str, event: &composable_rust_core::SerializedEvent) -> Result<(), composable_rust_core::EventBusError> {
-        self.inner.publish(&self.topic(topic), event).await?;
-        self.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn subscribe_with(
-        &self,
-        topics: &[&str],
-        options: SubscribeOptions,
-    ) -> Result<composable_rust_core::EventStream, composable_rust_core::EventBusError> {
-        let topics: Vec<std::borrow::Cow<'_, str>> = topics.iter().map(|t| self.topic(t)).collect();
-        let refs: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
-        self.inner.subscribe_with(&refs, options).await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
 
 /// Everything the scenario runs on.
 pub(crate) struct Wiring {
+    /// Counts this process's publishes, for the report.
     pub(crate) bus: Arc<CountingBus>,
     /// The real store (no injected faults): what verification reads.
     pub(crate) store: Arc<dyn EventStore>,
@@ -75,47 +30,28 @@ pub(crate) struct Wiring {
     pub(crate) inventory: Arc<AggregateHandler<InventoryAggregate>>,
     pub(crate) payments: Arc<AggregateHandler<PaymentAggregate>>,
     pub(crate) dice: Arc<Dice>,
-    saga_group: Option<String>,
 }
 
 impl Wiring {
     pub(crate) async fn new(config: &Config) -> Result<Self, AppError> {
-        let store: Arc<dyn EventStore> = match &config.store {
-            StoreChoice::Memory => Arc::new(InMemoryEventStore::new()),
-            StoreChoice::Sqlite(url) => Arc::new(SqliteEventStore::open_url(url).await.map_err(|e| AppError::Store(e.to_string()))?),
-            StoreChoice::Postgres(url) => {
-                let store = PostgresEventStore::connect(url).await.map_err(|e| AppError::Store(e.to_string()))?;
-                store.migrate().await.map_err(|e| AppError::Store(e.to_string()))?;
-                Arc::new(store)
-            }
-        };
-        let inner: Arc<dyn EventBus> = match &config.bus {
-            // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
-            BusChoice::Memory => Arc::new(InMemoryEventBus::with_capacity((config.orders * 8).max(65_536))),
-            BusChoice::Nats(url) => Arc::new(NatsEventBus::connect(url).await.map_err(|e| AppError::Bus(e.to_string()))?),
-            BusChoice::Redpanda { brokers, properties } => {
-                let mut kafka = RedpandaConfig::new(brokers.clone());
-                kafka.properties.extend(properties.iter().cloned());
-                Arc::new(RedpandaEventBus::connect_with(kafka).await.map_err(|e| AppError::Bus(e.to_string()))?)
-            }
-            BusChoice::Zenoh { listen, connect } => {
-                let mut zenoh = listen.iter().fold(ZenohConfig::embedded(), ZenohConfig::listen);
-                zenoh = connect.iter().fold(zenoh, ZenohConfig::connect);
-                // Room for every event of the run, as for the in-memory bus.
-                zenoh = zenoh.subscriber_capacity((config.orders * 8).max(65_536));
-                Arc::new(ZenohEventBus::open(zenoh).await.map_err(|e| AppError::Bus(e.to_string()))?)
-            }
-        };
+        let store = config.store.connect().await.map_err(|e| AppError::Store(e.to_string()))?;
+        let mut bus_url = config.bus.clone();
+        // Room for every event of the run, so that no subscriber can lag behind the burst of orders.
+        bus_url.set_default_capacity((config.orders * 8).max(65_536));
+        let inner = bus_url.connect().await.map_err(|e| AppError::Bus(e.to_string()))?;
         let dice = Dice::new(config.faults);
         let (runtime_store, inner): (Arc<dyn EventStore>, Arc<dyn EventBus>) = if config.faults.any() {
-            (
-                Arc::new(FlakyStore { inner: Arc::clone(&store), dice: Arc::clone(&dice) }),
-                Arc::new(FlakyBus { inner, dice: Arc::clone(&dice) }),
-            )
+            (Arc::new(FlakyStore { inner: Arc::clone(&store), dice: Arc::clone(&dice) }), Arc::new(FlakyBus { inner, dice: Arc::clone(&dice) }))
         } else {
             (Arc::clone(&store), inner)
         };
-        let bus = Arc::new(CountingBus { inner, published: AtomicU64::new(0), prefix: config.namespace.clone() });
+        // Every topic and consumer group (the saga's too) under `{namespace}.`, so that runs sharing a
+        // broker never see each other's events.
+        let inner: Arc<dyn EventBus> = match &config.namespace {
+            Some(ns) => Arc::new(NamespacedBus::new(inner, ns).map_err(|e| AppError::Setup(format!("--namespace {ns:?}: {e}")))?),
+            None => inner,
+        };
+        let bus = Arc::new(CountingBus::counting(inner));
         let dyn_bus: Arc<dyn EventBus> = bus.clone();
         let dead_letters = Arc::new(InMemoryDeadLetters::default());
         // Injected faults are frequent by design: retry them quickly so the run measures the
@@ -132,24 +68,19 @@ impl Wiring {
             .bus(Arc::clone(&dyn_bus))
             .commands(CommandRouter::new())
             .build();
-        let registered = |e: composable_rust_runtime::RouterError| AppError::Setup(e.to_string());
+        let registered = |e: composable_rust::runtime::RouterError| AppError::Setup(e.to_string());
         let orders = AggregateHandler::new(OrderAggregate, (), executor.clone()).register().map_err(registered)?;
         let inventory = AggregateHandler::new(InventoryAggregate, (), executor.clone()).register().map_err(registered)?;
         let payments = AggregateHandler::new(PaymentAggregate, (), executor.clone()).register().map_err(registered)?;
-        let saga_group = config.namespace.as_ref().map(|ns| format!("saga-{}-{ns}", CheckoutSaga::NAME));
-        Ok(Self { bus, store, dyn_bus, dead_letters, executor, orders, inventory, payments, dice, saga_group })
+        Ok(Self { bus, store, dyn_bus, dead_letters, executor, orders, inventory, payments, dice })
     }
 
     pub(crate) fn saga_runner(&self) -> SagaRunner<CheckoutSaga> {
-        let runner = SagaRunner::new(CheckoutSaga, (), self.executor.clone());
-        match &self.saga_group {
-            Some(group) => runner.with_group(group.clone()),
-            None => runner,
-        }
+        SagaRunner::new(CheckoutSaga, (), self.executor.clone())
     }
 
     /// Publishes counted so far.
     pub(crate) fn published(&self) -> u64 {
-        self.bus.published.load(Ordering::Relaxed)
+        self.bus.counters().published()
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use composable_rust_core::{Aggregate, CodecError, DomainEvent, Topic, decode_payload, encode_payload};
+use composable_rust::{Aggregate, CodecError, DomainEvent, Topic, decode_payload, encode_payload};
 use serde::{Deserialize, Serialize};
 
 use super::{INVENTORY_TOPIC, topic};

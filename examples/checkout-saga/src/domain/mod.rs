@@ -5,7 +5,7 @@ pub mod inventory;
 pub mod order;
 pub mod payment;
 
-use composable_rust_core::Topic;
+use composable_rust::Topic;
 
 /// Topic of order events.
 pub const ORDER_TOPIC: &str = "order.events";

@@ -1,6 +1,6 @@
 //! The Order aggregate: placed, then confirmed or cancelled.
 
-use composable_rust_core::{Aggregate, DomainEvent, Topic};
+use composable_rust::{Aggregate, DomainEvent, Topic};
 use serde::{Deserialize, Serialize};
 
 use super::{ORDER_TOPIC, topic};

@@ -1,6 +1,6 @@
 //! The Payment aggregate: one per order; captures or declines.
 
-use composable_rust_core::{Aggregate, DomainEvent, Topic};
+use composable_rust::{Aggregate, DomainEvent, Topic};
 use serde::{Deserialize, Serialize};
 
 use super::{PAYMENT_TOPIC, topic};
