@@ -96,6 +96,8 @@ pub enum CancelInFlight {
     Keep,
     /// Cancel them first (debounce, "latest wins").
     Cancel,
+    /// Do not start this one while one with the id runs (throttle, "first wins").
+    Skip,
 }
 
 /// The position of an effect in the tree one `reduce` returned: top-level index, then the index
@@ -249,6 +251,8 @@ pub enum Effect<A> {
     /// Feeds back every action the stream yields, in order, until it ends (TCA's `Effect.run { send
     /// in }`). Waits on the outside world, like [`Effect::Run`]; cancellable like any effect.
     Stream(futures::stream::BoxStream<'static, A>),
+    /// Waits `duration` on the runtime's clock and feeds nothing back (a pause inside a sequence).
+    Sleep(Duration),
     /// Feeds `action` back after `duration` on the runtime's clock.
     Delay {
         /// How long to wait.
@@ -313,6 +317,16 @@ impl<A: Send + 'static> Effect<A> {
         Effect::Delay { duration, action: Box::new(action) }
     }
 
+    /// Feeds `action` back at once, unless another throttle of the same `id` did so less than
+    /// `window` ago (then this one is dropped): at most one action per window, the first wins.
+    pub fn throttle(id: impl Into<EffectId>, window: Duration, action: A) -> Self {
+        Effect::Cancellable {
+            id: id.into(),
+            in_flight: CancelInFlight::Skip,
+            effect: Box::new(Effect::Sequential(vec![Effect::run(async move { Some(action) }), Effect::Sleep(window)])),
+        }
+    }
+
     /// Feeds `action` back once `duration` passed without another debounce of the same `id`: each
     /// call cancels the previous one's timer (a search that runs once typing pauses).
     pub fn debounce(id: impl Into<EffectId>, duration: Duration, action: A) -> Self {
@@ -361,6 +375,7 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Dispatch(_) => "dispatch",
             Effect::Run(_) => "run",
             Effect::Stream(_) => "stream",
+            Effect::Sleep(_) => "sleep",
             Effect::Delay { .. } => "delay",
             Effect::Parallel(_) => "parallel",
             Effect::Sequential(_) => "sequential",
@@ -374,7 +389,7 @@ impl<A: Send + 'static> Effect<A> {
     /// such effects (see the runtime's docs).
     pub fn waits(&self) -> bool {
         match self {
-            Effect::Run(_) | Effect::Stream(_) | Effect::Delay { .. } => true,
+            Effect::Run(_) | Effect::Stream(_) | Effect::Sleep(_) | Effect::Delay { .. } => true,
             Effect::Parallel(v) | Effect::Sequential(v) => v.iter().any(Effect::waits),
             Effect::Cancellable { effect, .. } => effect.waits(),
             _ => false,
@@ -394,6 +409,7 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Dispatch(d) => format!("dispatch of {:?}", d.command),
             Effect::Run(_) => "run (an async future)".into(),
             Effect::Stream(_) => "stream (of actions)".into(),
+            Effect::Sleep(d) => format!("sleep of {d:?}"),
             Effect::Delay { duration, action } => format!("delay of {duration:?} feeding back {action:?}"),
             Effect::Parallel(v) => format!("parallel [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
             Effect::Sequential(v) => format!("sequential [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
@@ -444,6 +460,7 @@ impl<A: Send + 'static> Effect<A> {
                 let f = Arc::clone(f);
                 Effect::Stream(futures::StreamExt::boxed(futures::StreamExt::map(stream, move |a| f(a))))
             }
+            Effect::Sleep(d) => Effect::Sleep(d),
             Effect::Delay { duration, action } => Effect::Delay { duration, action: Box::new(f(*action)) },
             Effect::Parallel(effects) => Effect::Parallel(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
             Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
@@ -482,6 +499,7 @@ impl<A: PartialEq> PartialEq for Effect<A> {
                 a.command == b.command && a.correlation_id == b.correlation_id && same_presence(a.on_error.as_ref(), b.on_error.as_ref())
             }
             (Effect::Delay { duration: d1, action: a1 }, Effect::Delay { duration: d2, action: a2 }) => d1 == d2 && a1 == a2,
+            (Effect::Sleep(a), Effect::Sleep(b)) => a == b,
             (Effect::Parallel(a), Effect::Parallel(b)) | (Effect::Sequential(a), Effect::Sequential(b)) => a == b,
             (Effect::Cancellable { id: i1, in_flight: f1, effect: e1 }, Effect::Cancellable { id: i2, in_flight: f2, effect: e2 }) => {
                 i1 == i2 && f1 == f2 && e1 == e2
@@ -521,6 +539,7 @@ impl<A: fmt::Debug> fmt::Debug for Effect<A> {
                 .finish(),
             Effect::Run(_) => f.write_str("Run(..)"),
             Effect::Stream(_) => f.write_str("Stream(..)"),
+            Effect::Sleep(d) => f.debug_tuple("Sleep").field(d).finish(),
             Effect::Delay { duration, action } => f.debug_struct("Delay").field("duration", duration).field("action", action).finish(),
             Effect::Parallel(e) => f.debug_tuple("Parallel").field(e).finish(),
             Effect::Sequential(e) => f.debug_tuple("Sequential").field(e).finish(),

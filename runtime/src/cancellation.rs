@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use composable_rust_core::EffectId;
+use composable_rust_core::{CancelInFlight, EffectId};
 use futures::future::{AbortHandle, AbortRegistration};
 use parking_lot::Mutex;
 
@@ -15,13 +15,19 @@ pub struct CancellationRegistry {
 }
 
 impl CancellationRegistry {
-    /// Registers a new run under `id`; with `cancel_in_flight`, earlier runs are aborted first.
-    pub fn register(&self, id: &EffectId, cancel_in_flight: bool) -> (u64, AbortRegistration) {
+    /// Registers a new run under `id`. With [`CancelInFlight::Cancel`] earlier runs are aborted
+    /// first; with [`CancelInFlight::Skip`] and a run in flight, the new run is aborted before it
+    /// starts (and not registered).
+    pub fn register(&self, id: &EffectId, mode: CancelInFlight) -> (u64, AbortRegistration) {
         let (handle, registration) = AbortHandle::new_pair();
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let mut running = self.running.lock();
+        if mode == CancelInFlight::Skip && running.get(id).is_some_and(|runs| !runs.is_empty()) {
+            handle.abort();
+            return (token, registration);
+        }
         let entry = running.entry(id.clone()).or_default();
-        if cancel_in_flight {
+        if mode == CancelInFlight::Cancel {
             for (_, h) in entry.drain(..) {
                 h.abort();
             }

@@ -551,7 +551,7 @@ impl Executor {
             Effect::Cancellable { id, in_flight, effect } => {
                 let pre = from.and_then(|f| f.take_preregistered(path)).unwrap_or_else(|| {
                     let id = scope.scoped(id.clone());
-                    let (token, registration) = self.shared.cancellations.register(&id, *in_flight == composable_rust_core::CancelInFlight::Cancel);
+                    let (token, registration) = self.shared.cancellations.register(&id, *in_flight);
                     Preregistered { path: path.clone(), id, token, registration }
                 });
                 state.preregistered.lock().push(pre);
@@ -722,6 +722,10 @@ impl Executor {
                         Err(failure)
                     }
                 },
+                Effect::Sleep(duration) => {
+                    self.shared.clock.sleep(duration).await;
+                    Ok(())
+                }
                 Effect::Delay { duration, action } => {
                     self.shared.clock.sleep(duration).await;
                     feedback(path, *action);
@@ -735,10 +739,9 @@ impl Executor {
                 }
                 Effect::Cancellable { id, in_flight, effect } => {
                     let id = scope.scoped(id);
-                    let cancel_first = in_flight == composable_rust_core::CancelInFlight::Cancel;
                     let (token, registration) = match state.take_preregistered(&path) {
                         Some(pre) => (pre.token, pre.registration),
-                        None => self.shared.cancellations.register(&id, cancel_first),
+                        None => self.shared.cancellations.register(&id, in_flight),
                     };
                     let outcome = Abortable::new(self.run_sequence(vec![*effect], feedback, scope, path, 0, state), registration).await;
                     self.shared.cancellations.finished(&id, token);

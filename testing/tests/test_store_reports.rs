@@ -152,3 +152,38 @@ async fn the_environment_can_be_changed_mid_test() {
     store.send("alan".into(), |g| g.push("bonjour, alan".into()));
     store.finish().await;
 }
+
+/// Refreshes at most once a second, however often asked: the first request wins.
+struct Refresher;
+
+impl Reducer for Refresher {
+    type State = u32;
+    type Action = bool;
+    type Environment = ();
+
+    /// `false`: a request; `true`: the refresh itself.
+    fn reduce(&self, refreshes: &mut u32, refresh: bool, (): &()) -> Effects<bool> {
+        if refresh {
+            *refreshes += 1;
+            smallvec![]
+        } else {
+            smallvec![Effect::throttle("refresh", Duration::from_secs(1), true)]
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_throttle_lets_the_first_request_of_each_window_through() {
+    let mut store = TestStore::new(0, Refresher, ());
+    store.send(false, |_| {});
+    store.receive(true, |n| *n = 1).await;
+    for _ in 0..3 {
+        store.send(false, |_| {});
+        store.advance(Duration::from_millis(200)).await;
+    }
+    store.advance(Duration::from_millis(500)).await; // the first window is over
+    store.send(false, |_| {});
+    store.receive(true, |n| *n = 2).await;
+    store.advance(Duration::from_secs(1)).await;
+    store.finish().await;
+}
