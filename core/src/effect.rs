@@ -61,7 +61,9 @@ impl EffectId {
     /// This id inside `scope` (a saga instance, a `ForEach` key): ids of different scopes never match.
     #[must_use]
     pub fn scoped(&self, scope: &str) -> Self {
-        EffectId(format!("{scope}/{}", self.0).into())
+        // The scope's length goes first, so no scope and id can read as another pair
+        // (`a` + `b/t` and `a/b` + `t` differ).
+        EffectId(format!("{}:{scope}/{}", scope.len(), self.0).into())
     }
 
     /// The id as text (for logs).

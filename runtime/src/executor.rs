@@ -443,6 +443,19 @@ impl Drop for RunState {
     }
 }
 
+/// Forgets a cancellable's registration when dropped.
+struct Registered<'a> {
+    registry: &'a CancellationRegistry,
+    id: &'a EffectId,
+    token: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.finished(self.id, self.token);
+    }
+}
+
 /// The message of a caught panic.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -648,6 +661,8 @@ impl Executor {
         let feedback = Arc::clone(feedback);
         let mut scope = scope.clone();
         scope.detach = None;
+        // Nobody waits for detached effects: what fails in them is final, and dead-lettered.
+        scope.caller_retries = false;
         // The detached effects start now: a Cancel handled after this step (the next delivery) must
         // find the cancellable effects they start with, even before the task below first runs.
         let state = RunState::new(self);
@@ -743,8 +758,10 @@ impl Executor {
                         Some(pre) => (pre.token, pre.registration),
                         None => self.shared.cancellations.register(&id, in_flight),
                     };
+                    // Unregistered however this ends, also when an enclosing cancellable aborts us
+                    // mid-await (the future is dropped then).
+                    let _registered = Registered { registry: &self.shared.cancellations, id: &id, token };
                     let outcome = Abortable::new(self.run_sequence(vec![*effect], feedback, scope, path, 0, state), registration).await;
-                    self.shared.cancellations.finished(&id, token);
                     outcome.unwrap_or_else(|_aborted| {
                         tracing::debug!(id = id.as_str(), "cancellable effect cancelled");
                         Ok(())

@@ -6,8 +6,10 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::tracker::Tracker;
@@ -90,7 +92,10 @@ where
                 next
             };
             let Some((item, permit)) = next else { return };
-            (inner.handler)(item).await;
+            // A panicking handler must not leave its lane (and its slots) behind for good.
+            if let Err(panic) = AssertUnwindSafe((inner.handler)(item)).catch_unwind().await {
+                tracing::error!(message = %crate::executor::panic_message(&*panic), "a lane's handler panicked; the lane goes on");
+            }
             drop(permit);
         }
     }
@@ -109,8 +114,6 @@ where
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use futures::FutureExt;
 
     use super::*;
 

@@ -30,10 +30,12 @@
 //!   instance.
 //! - Concurrent workers (and detached follow-ups) on one instance are serialised by the append's
 //!   expected version: the loser reloads and decides again.
-//! - Unknown event types are skipped with a warning and acknowledged; undecodable payloads and
-//!   panicking reducers are dead-lettered and acknowledged; retryable failures are negatively
-//!   acknowledged (redelivered) up to a bound, then dead-lettered.
+//! - Unknown event types are skipped and acknowledged; undecodable payloads and panics anywhere in
+//!   a step (reducer, decoder, initial state) are dead-lettered and acknowledged; retryable failures
+//!   are retried in the instance's lane with backoff (so a later step of the instance never
+//!   overtakes them) up to `max_deliveries` attempts, then dead-lettered.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -554,8 +556,10 @@ impl<S: Saga> Inner<S> {
     /// Which lane a delivery goes to: its instance (steps of one instance keep their order), or, for
     /// an event the saga skips or cannot decode, a lane of its own.
     fn lane_key(&self, event: &SerializedEvent) -> String {
-        match self.saga.decode(event) {
-            Ok(Some(input)) => input.instance_id,
+        // A decoder that panics on this event gets the event a lane of its own; the step then
+        // reports the panic.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.saga.decode(event))) {
+            Ok(Ok(Some(input))) => input.instance_id,
             _ => format!("event/{}", event.event_id),
         }
     }
@@ -601,10 +605,29 @@ impl<S: Saga> Inner<S> {
         tracing::info!("saga worker stopped");
     }
 
+    /// Handles a delivery and acknowledges it. A retryable failure is retried here, in the
+    /// instance's lane, with backoff (not negatively acknowledged: a redelivery would come back
+    /// behind later steps of the same instance and overtake nothing but order), up to
+    /// `max_deliveries` attempts, then dead-lettered. A panic anywhere in the step is dead-lettered.
     async fn handle_delivery(self: &Arc<Self>, delivery: composable_rust_core::Delivery) {
-        let event = delivery.event();
-        let span = tracing::info_span!("saga_step", event_type = %event.event_type, event_id = %event.event_id, attempt = delivery.attempt());
-        let outcome = self.handle_event(event).instrument(span).await;
+        let mut attempt = delivery.attempt();
+        let outcome = loop {
+            let event = delivery.event();
+            let span = tracing::info_span!("saga_step", event_type = %event.event_type, event_id = %event.event_id, attempt);
+            let outcome = match AssertUnwindSafe(self.handle_event(event).instrument(span)).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(SagaError::Panicked { saga: S::NAME, message: panic_message(&*panic) }),
+            };
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < self.max_deliveries => {
+                    tracing::warn!(error = %e, attempt, "saga step failed, retrying in its lane");
+                    self.stats.redelivery_requests.fetch_add(1, Ordering::Relaxed);
+                    self.executor.clock().sleep(self.executor.retry_policy().backoff_after(attempt)).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
         let ack = match outcome {
             Ok(o) => {
                 let counter = match o {
@@ -615,12 +638,6 @@ impl<S: Saga> Inner<S> {
                 counter.fetch_add(1, Ordering::Relaxed);
                 delivery.ack().await
             }
-            Err(e) if e.is_retryable() && delivery.attempt() < self.max_deliveries => {
-                tracing::warn!(error = %e, attempt = delivery.attempt(), "saga step failed, asking for redelivery");
-                self.stats.redelivery_requests.fetch_add(1, Ordering::Relaxed);
-                self.executor.clock().sleep(self.executor.retry_policy().backoff_after(delivery.attempt())).await;
-                delivery.nack().await
-            }
             Err(e) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 let event = delivery.event().clone();
@@ -628,7 +645,7 @@ impl<S: Saga> Inner<S> {
                     &**self.executor.dead_letters(),
                     format!("saga {} step for {} {}", S::NAME, event.event_type, event.event_id),
                     e.to_string(),
-                    delivery.attempt(),
+                    attempt,
                     Some(event),
                 );
                 delivery.ack().await
