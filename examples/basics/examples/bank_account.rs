@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use composable_rust_core::{Aggregate, DomainEvent};
 use composable_rust_runtime::{AggregateError, AggregateHandler, Executor};
-use composable_rust_testing::InMemoryEventStore;
+use composable_rust_memory::InMemoryEventStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]
