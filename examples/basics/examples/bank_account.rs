@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use composable_rust_core::{Aggregate, DomainEvent};
-use composable_rust_runtime::{AggregateError, AggregateHandler, Executor};
 use composable_rust_memory::InMemoryEventStore;
+use composable_rust_runtime::{AggregateError, AggregateHandler, Executor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use composable_rust_core::{Effect, EventBus, EventStore, ExpectedVersion, SerializedEvent, StreamId, Topic};
+use composable_rust_memory::{InMemoryEventBus, InMemoryEventStore};
 use composable_rust_runtime::outbox::relay_pending;
 use composable_rust_runtime::{ExecutionScope, Executor, Feedback};
-use composable_rust_memory::{InMemoryEventBus, InMemoryEventStore};
 
 /// Stores one event meant for `orders`, with no bus at all: the publish cannot happen (as if the
 /// process died right after the write).
