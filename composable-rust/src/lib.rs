@@ -65,11 +65,15 @@
 //! | `zenoh:peer?listen=ENDPOINT&connect=ENDPOINT` | Zenoh peer, `listen`/`connect` repeatable | `zenoh` |
 //! | `dual:PRIMARY\|SECONDARY[\|MODE]` | `DualEventBus` for migrating from one bus to another | both sides' |
 //!
-//! The details of each are in [`bus`] and [`store`]. There is one URL parser, here; the backends'
-//! own constructors take their native settings (`NatsConfig`, `RedpandaConfig`, `ZenohConfig`, ...).
+//! The details of each are in [`bus`] and [`store`]. Each URL has one parser: this crate picks the
+//! backend by scheme and hands the URL to the backend's own (`NatsConfig::from_url`,
+//! `RedpandaConfig::from_url`, `ZenohConfig::from_url`, `SqliteConfig::from_url`,
+//! `PostgresConfig::from_url`, the ones each backend's `connect(url)` uses), with the grammar of
+//! [`url`]. [`bus::connect_with_dead_letters`] records a bus's dead letters in the sink the runtime's
+//! `Executor` is given.
 
 mod error;
-mod url;
+mod parse;
 
 pub mod bus;
 pub mod store;
@@ -113,7 +117,7 @@ pub use composable_rust_zenoh as zenoh;
 
 #[cfg(test)]
 mod tests {
-    use crate::url::Backend;
+    use crate::parse::Backend;
 
     /// Every backend that this build leaves out is refused by `connect` with the feature's name,
     /// whatever the features of the test run (scripts/test.sh runs this with none, too).

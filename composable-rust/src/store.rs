@@ -7,8 +7,9 @@
 //! | `sqlite::memory:` | `SqliteEventStore` in memory, private to this store | `sqlite` |
 //! | `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?...]`, `postgresql://` the same | `PostgresEventStore`; the schema is migrated on connect | `postgres` |
 //!
-//! SQLite URLs are opened by `SqliteEventStore::open_url`, PostgreSQL URLs read by sqlx: their own
-//! rules apply to the path and the options.
+//! SQLite and PostgreSQL URLs are read by their backends (`SqliteConfig::from_url`,
+//! `PostgresConfig::from_url`, which `SqliteEventStore::connect` and `PostgresEventStore::connect`
+//! use); the facade only picks the backend by scheme. PostgreSQL URLs take sqlx's options.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use composable_rust_core::EventStore;
 
 use crate::error::{ConnectError, Target};
-use crate::url::{Backend, FeatureTable, Parser, feature_disabled, redact, scheme_of, split_scheme};
+use crate::parse::{Backend, FeatureTable, Parser, feature_disabled, redact, scheme_of, split_scheme};
 
 /// The environment variable [`from_env`] reads.
 pub const ENV_VAR: &str = "COMPOSABLE_STORE_URL";
@@ -41,12 +42,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn EventStore>, ConnectError> {
 /// Connects the store named by [`ENV_VAR`] (`COMPOSABLE_STORE_URL`); [`ConnectError::NotSet`] when
 /// it is unset or empty.
 pub async fn from_env() -> Result<Arc<dyn EventStore>, ConnectError> {
-    connect(&crate::url::env_url(Target::Store, ENV_VAR, "sqlite:events.db", |var| std::env::var_os(var))?).await
+    connect(&crate::parse::env_url(Target::Store, ENV_VAR, "sqlite:events.db", |var| std::env::var_os(var))?).await
 }
 
 /// Connects the store named by [`ENV_VAR`], or `default` when it is unset or empty.
 pub async fn from_env_or(default: &str) -> Result<Arc<dyn EventStore>, ConnectError> {
-    let url = crate::url::env_url(Target::Store, ENV_VAR, "sqlite:events.db", |var| std::env::var_os(var)).unwrap_or_else(|_| default.to_owned());
+    let url = crate::parse::env_url(Target::Store, ENV_VAR, "sqlite:events.db", |var| std::env::var_os(var)).unwrap_or_else(|_| default.to_owned());
     connect(&url).await
 }
 
@@ -90,7 +91,7 @@ impl StoreUrl {
     pub fn is_durable(&self) -> bool {
         match self {
             StoreUrl::Memory => false,
-            StoreUrl::Sqlite { url } => !url.ends_with(":memory:"),
+            StoreUrl::Sqlite { url } => sqlite_is_file(url),
             StoreUrl::Postgres { .. } => true,
         }
     }
@@ -142,16 +143,12 @@ pub(crate) fn parse_with(url: &str, features: FeatureTable) -> Result<StoreUrl, 
         }
         "sqlite" => {
             p.require(&scheme, Backend::Sqlite)?;
+            check_sqlite(&p, url)?;
             Ok(StoreUrl::Sqlite { url: url.to_owned() })
         }
         "postgres" | "postgresql" => {
             p.require(&scheme, Backend::Postgres)?;
-            let Some(authority) = rest.strip_prefix("//") else {
-                return Err(p.malformed(url, format!("expected {scheme}://USER[:PASSWORD]@HOST[:PORT]/DATABASE")));
-            };
-            if authority.is_empty() {
-                return Err(p.malformed(authority, format!("nothing after {scheme}://: expected USER[:PASSWORD]@HOST[:PORT]/DATABASE")));
-            }
+            check_postgres(&p, url)?;
             Ok(StoreUrl::Postgres { url: url.to_owned() })
         }
         other => Err(p.unknown(other, SCHEMES)),
@@ -169,12 +166,42 @@ fn connect_memory(p: &Parser<'_>) -> Result<Arc<dyn EventStore>, ConnectError> {
     Err(disabled(p, "memory", Backend::Memory))
 }
 
+// sqlite: and postgres:// URLs are the backends' to read: the facade checks them with the backend's
+// parser when parsing, and connects with the backend's `connect(url)`.
+
+#[cfg(feature = "sqlite")]
+fn check_sqlite(p: &Parser<'_>, url: &str) -> Result<(), ConnectError> {
+    use composable_rust_sqlite::{SqliteConfig, SqliteError};
+    match SqliteConfig::from_url(url) {
+        Ok(_) => Ok(()),
+        Err(SqliteError::InvalidUrl(e)) => Err(p.invalid(e)),
+        Err(e) => Err(p.malformed(url, e.to_string())),
+    }
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn check_sqlite(p: &Parser<'_>, _url: &str) -> Result<(), ConnectError> {
+    Err(disabled(p, "sqlite", Backend::Sqlite))
+}
+
+/// Whether a (well-formed) SQLite URL names a file rather than a private in-memory database.
+#[cfg(feature = "sqlite")]
+fn sqlite_is_file(url: &str) -> bool {
+    composable_rust_sqlite::SqliteConfig::from_url(url).is_ok_and(|config| config.path().is_some())
+}
+
+/// Without the backend, no SQLite URL parses: there is nothing to ask.
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_is_file(_url: &str) -> bool {
+    false
+}
+
 #[cfg(feature = "sqlite")]
 async fn connect_sqlite(p: &Parser<'_>, url: &str) -> Result<Arc<dyn EventStore>, ConnectError> {
     use composable_rust_sqlite::{SqliteError, SqliteEventStore};
-    match SqliteEventStore::open_url(url).await {
+    match SqliteEventStore::connect(url).await {
         Ok(store) => Ok(Arc::new(store)),
-        Err(e @ SqliteError::EmptyPath { .. }) => Err(p.refused("", &e)),
+        Err(SqliteError::InvalidUrl(e)) => Err(p.invalid(e)),
         Err(e) => Err(p.failed("sqlite", e)),
     }
 }
@@ -186,11 +213,26 @@ async fn connect_sqlite(p: &Parser<'_>, _url: &str) -> Result<Arc<dyn EventStore
 }
 
 #[cfg(feature = "postgres")]
+fn check_postgres(p: &Parser<'_>, url: &str) -> Result<(), ConnectError> {
+    use composable_rust_postgres::{PostgresConfig, PostgresError};
+    match PostgresConfig::from_url(url) {
+        Ok(_) => Ok(()),
+        Err(PostgresError::InvalidUrl(e)) => Err(p.invalid(e)),
+        Err(e) => Err(p.malformed(url, e.to_string())),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn check_postgres(p: &Parser<'_>, _url: &str) -> Result<(), ConnectError> {
+    Err(disabled(p, "postgres", Backend::Postgres))
+}
+
+#[cfg(feature = "postgres")]
 async fn connect_postgres(p: &Parser<'_>, url: &str) -> Result<Arc<dyn EventStore>, ConnectError> {
     use composable_rust_postgres::{PostgresError, PostgresEventStore};
     let store = match PostgresEventStore::connect(url).await {
         Ok(store) => store,
-        Err(e @ PostgresError::InvalidUrl { .. }) => return Err(p.refused(&redact(url), &e)),
+        Err(PostgresError::InvalidUrl(e)) => return Err(p.invalid(e)),
         Err(e) => return Err(p.failed("postgres", e)),
     };
     store.migrate().await.map_err(|e| p.failed("postgres", e))?;
@@ -203,7 +245,8 @@ async fn connect_postgres(p: &Parser<'_>, _url: &str) -> Result<Arc<dyn EventSto
     Err(disabled(p, "postgres", Backend::Postgres))
 }
 
-/// [`ConnectError::FeatureDisabled`] for a URL built by hand in a build without its backend.
+/// [`ConnectError::FeatureDisabled`] for a URL built by hand (or parsed with another feature table)
+/// in a build without its backend.
 #[cfg_attr(all(feature = "memory", feature = "sqlite", feature = "postgres"), allow(dead_code))]
 fn disabled(p: &Parser<'_>, scheme: &str, backend: Backend) -> ConnectError {
     feature_disabled(p.target, p.url(), scheme, backend)
@@ -222,10 +265,19 @@ mod tests {
     }
 
     #[test]
-    fn every_scheme_parses_and_prints_back() {
+    fn memory_urls_parse_and_print_back() {
+        assert_eq!(parse_with("memory:", all).unwrap(), StoreUrl::Memory);
+        assert_eq!(parse_with("memory", all).unwrap(), StoreUrl::Memory);
+        assert_eq!(StoreUrl::Memory.to_string(), "memory:");
+        assert!(!StoreUrl::Memory.is_durable());
+    }
+
+    /// sqlite: and postgres:// are checked by their backends (whose own tests go through the
+    /// malformed cases); here, that the facade keeps the URL.
+    #[test]
+    #[cfg(all(feature = "sqlite", feature = "postgres"))]
+    fn backend_urls_parse_and_print_back() {
         for (url, parsed) in [
-            ("memory:", StoreUrl::Memory),
-            ("memory", StoreUrl::Memory),
             ("sqlite:/tmp/shop.db", StoreUrl::Sqlite { url: "sqlite:/tmp/shop.db".into() }),
             ("sqlite::memory:", StoreUrl::Sqlite { url: "sqlite::memory:".into() }),
             ("postgres://app@db:5432/shop", StoreUrl::Postgres { url: "postgres://app@db:5432/shop".into() }),
@@ -259,15 +311,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn malformed_urls_point_at_the_bad_part() {
-        let part = |url: &str| match parse_with(url, all) {
+    fn part(url: &str) -> String {
+        match parse_with(url, all) {
             Err(ConnectError::Malformed { part, .. }) => part,
             other => panic!("{url}: {other:?}"),
-        };
+        }
+    }
+
+    #[test]
+    fn malformed_urls_point_at_the_bad_part() {
         assert_eq!(part("memory:/tmp/x"), "/tmp/x");
+        assert_eq!(part("  "), "");
+    }
+
+    #[test]
+    #[cfg(all(feature = "sqlite", feature = "postgres"))]
+    fn malformed_backend_urls_point_at_the_bad_part() {
         assert_eq!(part("postgres:db"), "postgres:db");
         assert_eq!(part("postgres://"), "");
-        assert_eq!(part("  "), "");
+        assert_eq!(part("sqlite:"), "");
     }
 }

@@ -35,6 +35,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::command::{AnyCommand, DispatchError};
+use crate::deadline::{Deadline, Due};
 use crate::event::SerializedEvent;
 use crate::event_bus::EventBusError;
 use crate::event_store::{AppendResult, EventStoreError};
@@ -277,6 +278,12 @@ pub enum Effect<A> {
     },
     /// Cancels running effects with this (scoped) id.
     Cancel(EffectId),
+    /// Schedules a named deadline for this instance: `action` is fed back when it comes due,
+    /// unless [`Effect::CancelDeadline`] names it first. A decision of the step, not work in its
+    /// sequence: see [`crate::deadline`] for when it takes effect and how durable it is.
+    Deadline(Deadline<A>),
+    /// Cancels the deadline of this name (a no-op if none is scheduled).
+    CancelDeadline(String),
 }
 
 impl<A> From<Append<A>> for Effect<A> {
@@ -312,6 +319,22 @@ impl<A: Send + 'static> Effect<A> {
         S: futures::Stream<Item = A> + Send + 'static,
     {
         Effect::Stream(futures::StreamExt::boxed(stream))
+    }
+
+    /// Schedules the deadline `name`: `action` is fed back when `due` comes, unless the name is
+    /// cancelled (or scheduled again) first. See [`crate::deadline`].
+    pub fn deadline(name: impl Into<String>, due: Due, action: A) -> Self {
+        Effect::Deadline(Deadline { name: name.into(), due, action })
+    }
+
+    /// Schedules the deadline `name` to come due `after` from now (see [`Effect::deadline`]).
+    pub fn deadline_after(name: impl Into<String>, after: Duration, action: A) -> Self {
+        Self::deadline(name, Due::After(after), action)
+    }
+
+    /// Cancels the deadline `name`: if it has not fired yet, it never will.
+    pub fn cancel_deadline(name: impl Into<String>) -> Self {
+        Effect::CancelDeadline(name.into())
     }
 
     /// Feeds `action` back after `duration`.
@@ -383,6 +406,8 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Sequential(_) => "sequential",
             Effect::Cancellable { .. } => "cancellable",
             Effect::Cancel(_) => "cancel",
+            Effect::Deadline(_) => "deadline",
+            Effect::CancelDeadline(_) => "cancel_deadline",
         }
     }
 
@@ -417,6 +442,8 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Sequential(v) => format!("sequential [{}]", v.iter().map(Effect::describe).collect::<Vec<_>>().join(", ")),
             Effect::Cancellable { id, effect, .. } => format!("{} (cancellable as {})", effect.describe(), id.as_str()),
             Effect::Cancel(id) => format!("cancel of {}", id.as_str()),
+            Effect::Deadline(d) => format!("deadline {} ({:?}) feeding back {:?}", d.name, d.due, d.action),
+            Effect::CancelDeadline(name) => format!("cancel of deadline {name}"),
         }
     }
 
@@ -441,6 +468,10 @@ impl<A: Send + 'static> Effect<A> {
         let rescope = |id: EffectId| match scope {
             Some(s) => id.scoped(s),
             None => id,
+        };
+        let rename = |name: String| match scope {
+            Some(s) => crate::deadline::scoped_name(s, &name),
+            None => name,
         };
         match self {
             Effect::None => Effect::None,
@@ -468,6 +499,8 @@ impl<A: Send + 'static> Effect<A> {
             Effect::Sequential(effects) => Effect::Sequential(effects.into_iter().map(|e| e.map_shared(f, scope)).collect()),
             Effect::Cancellable { id, in_flight, effect } => Effect::Cancellable { id: rescope(id), in_flight, effect: Box::new(effect.map_shared(f, scope)) },
             Effect::Cancel(id) => Effect::Cancel(rescope(id)),
+            Effect::Deadline(d) => Effect::Deadline(Deadline { name: rename(d.name), due: d.due, action: f(d.action) }),
+            Effect::CancelDeadline(name) => Effect::CancelDeadline(rename(name)),
         }
     }
 }
@@ -507,6 +540,8 @@ impl<A: PartialEq> PartialEq for Effect<A> {
                 i1 == i2 && f1 == f2 && e1 == e2
             }
             (Effect::Cancel(a), Effect::Cancel(b)) => a == b,
+            (Effect::Deadline(a), Effect::Deadline(b)) => a == b,
+            (Effect::CancelDeadline(a), Effect::CancelDeadline(b)) => a == b,
             _ => false,
         }
     }
@@ -549,6 +584,8 @@ impl<A: fmt::Debug> fmt::Debug for Effect<A> {
                 f.debug_struct("Cancellable").field("id", id).field("in_flight", in_flight).field("effect", effect).finish()
             }
             Effect::Cancel(id) => f.debug_tuple("Cancel").field(id).finish(),
+            Effect::Deadline(d) => f.debug_tuple("Deadline").field(d).finish(),
+            Effect::CancelDeadline(name) => f.debug_tuple("CancelDeadline").field(name).finish(),
         }
     }
 }

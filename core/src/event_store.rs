@@ -22,7 +22,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::deadline::{ClaimedDeadline, DeadlineChange, StoredDeadline};
 use crate::event::SerializedEvent;
+use crate::read_model::{EventFilter, FilteredPage};
 use crate::stream::{ExpectedVersion, GlobalPosition, StreamId, Version};
 use crate::topic::Topic;
 
@@ -63,12 +65,14 @@ pub struct AppendRequest {
     /// An inbox row stored in the same step; if the consumer already handled that event, the whole
     /// append is refused with [`EventStoreError::AlreadyProcessed`].
     pub inbox: Option<InboxMark>,
+    /// Deadline changes stored in the same step, applied in order (may be empty).
+    pub deadlines: Vec<DeadlineChange>,
 }
 
 impl AppendRequest {
     /// An append without outbox intents or inbox mark.
     pub fn new(stream_id: StreamId, expected_version: ExpectedVersion, events: Vec<SerializedEvent>) -> Self {
-        Self { stream_id, expected_version, events, outbox: Vec::new(), inbox: None }
+        Self { stream_id, expected_version, events, outbox: Vec::new(), inbox: None, deadlines: Vec::new() }
     }
 
     /// Adds an inbox mark.
@@ -78,8 +82,16 @@ impl AppendRequest {
         self
     }
 
+    /// Adds deadline changes (applied in order, atomically with the append).
+    #[must_use]
+    pub fn with_deadlines(mut self, changes: impl IntoIterator<Item = DeadlineChange>) -> Self {
+        self.deadlines.extend(changes);
+        self
+    }
+
     /// Checks what every store checks before touching storage: at least one event, payloads within
-    /// [`MAX_EVENT_PAYLOAD_BYTES`], outbox intents naming events of this append.
+    /// [`MAX_EVENT_PAYLOAD_BYTES`], outbox intents naming events of this append, deadlines with an
+    /// owner and a name.
     pub fn validate(&self) -> Result<(), EventStoreError> {
         if self.events.is_empty() {
             return Err(EventStoreError::InvalidRequest { reason: format!("append to {} carries no events", self.stream_id) });
@@ -94,6 +106,25 @@ impl AppendRequest {
         }
         if self.inbox.as_ref().is_some_and(|m| m.consumer.is_empty()) {
             return Err(EventStoreError::InvalidRequest { reason: "inbox mark with an empty consumer name".into() });
+        }
+        for change in &self.deadlines {
+            let (owner, name) = match change {
+                DeadlineChange::Schedule(d) => {
+                    if d.payload.len() > MAX_EVENT_PAYLOAD_BYTES {
+                        return Err(EventStoreError::InvalidRequest {
+                            reason: format!("deadline {} payload is {} bytes, the limit is {MAX_EVENT_PAYLOAD_BYTES}", d.name, d.payload.len()),
+                        });
+                    }
+                    (&d.owner, d.name.as_str())
+                }
+                DeadlineChange::Cancel { owner, name } => (owner, name.as_str()),
+                DeadlineChange::Fire { .. } => continue,
+            };
+            if owner.consumer.is_empty() || owner.instance.is_empty() || name.is_empty() {
+                return Err(EventStoreError::InvalidRequest {
+                    reason: format!("deadline change with an empty consumer, instance or name ({owner:?}, {name:?})"),
+                });
+            }
         }
         for intent in &self.outbox {
             if !self.events.iter().any(|e| e.event_id == intent.event_id) {
@@ -221,6 +252,13 @@ pub enum EventStoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The append marks a deadline fired ([`DeadlineChange::Fire`]) that is not pending any more: it
+    /// was cancelled, replaced, or fired by another worker. Nothing was stored; drop the firing.
+    #[error("deadline {id} is not pending any more (cancelled, replaced or already fired); the firing is dropped")]
+    DeadlineNotPending {
+        /// The deadline.
+        id: Uuid,
+    },
     /// The store could not be reached or timed out; retrying later may succeed.
     #[error("event store unavailable: {source}; check that the database is running and reachable, then retry")]
     Unavailable {
@@ -323,6 +361,59 @@ pub trait EventStore: Send + Sync + 'static {
     /// redeliver an event (its retention or redelivery window), so that no redelivery is still
     /// possible for the marks that go.
     async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError>;
+
+    /// Claims up to `limit` deadlines of `consumer` due at `now` (`due_at <= now`) that no other
+    /// worker holds: each is held by this caller until `now + lease`, then claimable again (a worker
+    /// that died releases its claims that way). Oldest due first, found by an index on the due
+    /// time. Concurrent callers (threads, processes) never get the same deadline while a claim holds
+    /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`). `now` comes from the caller's clock, so a test clock
+    /// drives it.
+    async fn claim_due_deadlines(
+        &self,
+        consumer: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDeadline>, EventStoreError>;
+
+    /// Ends a deadline (fired and handled, or given up): deletes it. Unknown ids are not an error.
+    async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError>;
+
+    /// The deadlines of `consumer` not completed yet (pending or fired), earliest due first, at most
+    /// `limit`; only those of `instance` when given. For inspection and for workers to sleep until
+    /// the next one.
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<StoredDeadline>, EventStoreError>;
+
+    /// This store's read-model side, when it keeps projections' documents too (every store of the
+    /// project does: `Some(self)`); wrappers return their inner store's. Lets code holding an
+    /// `Arc<dyn EventStore>` (from `composable_rust::store::connect(url)`) run projections in the
+    /// same database, so a read model's update and its checkpoint commit together with nothing
+    /// else to configure.
+    fn read_model_store(self: Arc<Self>) -> Option<Arc<dyn crate::read_model::ReadModelStore>> {
+        None
+    }
+
+    /// The position of the last event [`EventStore::read_all`] can return now (0 for an empty
+    /// store). The default pages through the whole log; stores answer it with an index.
+    async fn head(&self) -> Result<GlobalPosition, EventStoreError> {
+        let mut after = GlobalPosition(0);
+        loop {
+            let page = self.read_all(after, 4096).await?;
+            match page.last() {
+                Some(last) => after = last.position,
+                None => return Ok(after),
+            }
+        }
+    }
+
+    /// Like [`EventStore::read_all`], keeping only the events `filter` matches: looks at up to
+    /// `limit` events after `after` and says how far it looked ([`FilteredPage::scanned_to`]), with
+    /// the same no-gap rule. The default filters here; SQL stores filter in the query.
+    async fn read_all_filtered(&self, after: GlobalPosition, limit: usize, filter: &EventFilter) -> Result<FilteredPage, EventStoreError> {
+        let page = self.read_all(after, limit).await?;
+        let scanned_to = page.last().map_or(after, |e| e.position);
+        Ok(FilteredPage { events: page.into_iter().filter(|e| filter.matches(e)).collect(), scanned_to })
+    }
 }
 
 /// Decides what an append whose event ids are already (partly) stored is: `stored` holds those

@@ -2,6 +2,7 @@
 //! given/when/then helpers. Every helper walks nested `Sequential`, `Parallel` and `Cancellable`
 //! effects in order. (Effects also compare with `==`; these helpers are for partial checks.)
 
+use crate::deadline::Deadline;
 use crate::effect::{Append, Effect, Publish};
 
 /// Visits every leaf effect in order (depth first).
@@ -55,5 +56,27 @@ pub fn kinds<A: Send + 'static>(effects: &[Effect<A>]) -> Vec<&'static str> {
     let mut out = Vec::new();
     for_each_leaf(effects, &mut |e| out.push(e.kind()));
     out.retain(|k| *k != "none");
+    out
+}
+
+/// All deadlines scheduled, in order.
+pub fn deadlines<A>(effects: &[Effect<A>]) -> Vec<&Deadline<A>> {
+    let mut out = Vec::new();
+    for_each_leaf(effects, &mut |e| {
+        if let Effect::Deadline(d) = e {
+            out.push(d);
+        }
+    });
+    out
+}
+
+/// The names of all deadlines cancelled, in order.
+pub fn cancelled_deadlines<A>(effects: &[Effect<A>]) -> Vec<&str> {
+    let mut out = Vec::new();
+    for_each_leaf(effects, &mut |e| {
+        if let Effect::CancelDeadline(name) = e {
+            out.push(name.as_str());
+        }
+    });
     out
 }

@@ -9,6 +9,8 @@
 //! - [`Aggregate`] and [`Saga`]: reducers whose state lives in event streams;
 //! - [`topic`]: topic names and `*` / `>` patterns with one meaning on every bus;
 //! - [`compose`]: `Scope`, `ForEach`, `IfLet` and `combine` build a parent reducer from children;
+//! - [`deadline`]: named, cancellable deadlines, durable under the saga runner;
+//! - [`read_model`]: event filters and the [`ReadModelStore`] projections keep their documents in;
 //! - [`inspect`]: read a reducer's effects in tests without running them.
 //!
 //! Backends depend on this crate, never the reverse.
@@ -18,22 +20,28 @@ pub mod cause;
 pub mod clock;
 pub mod command;
 pub mod compose;
+pub mod dead_letter;
+pub mod deadline;
 pub mod effect;
 pub mod event;
 pub mod event_bus;
 pub mod event_headers;
 pub mod event_store;
 pub mod inspect;
+pub mod read_model;
 pub mod reducer;
 pub mod saga;
 pub mod stream;
 pub mod topic;
+pub mod url;
 
 pub use aggregate::{Aggregate, DomainEvent, Reaction};
 pub use cause::Cause;
 pub use clock::Clock;
 pub use command::{AnyCommand, CommandEnvelope, CommandHandler, CommandOutcome, DispatchError, Rejection};
 pub use compose::{Combine, ForEach, IfLet, Scope, combine};
+pub use dead_letter::{DeadLetter, DeadLetterSink, InMemoryDeadLetters};
+pub use deadline::{ClaimedDeadline, Deadline, DeadlineChange, DeadlineOwner, Due, StoredDeadline};
 pub use effect::{Append, Callback, CancelInFlight, Dispatch, Effect, EffectId, EffectPath, Publish};
 pub use event::{CodecError, EventMetadata, SerializedEvent, decode_payload, encode_payload};
 pub use event_bus::{
@@ -43,6 +51,7 @@ pub use event_store::{
     AppendRequest, AppendResult, EventStore, EventStoreError, InboxMark, OutboxIntent, PendingPublication, PruneReport, RecordedEvent, SharedEventStore,
     Snapshot, StoreCause,
 };
+pub use read_model::{Checkpoint, DocChange, EventFilter, FilteredPage, ReadModelError, ReadModelStore};
 pub use reducer::{Effects, Reducer};
 pub use saga::{Saga, SagaInput};
 pub use stream::{ExpectedVersion, GlobalPosition, StreamId, StreamIdError, Version};

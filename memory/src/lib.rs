@@ -29,8 +29,38 @@
 //! # drop(store);
 //! # Ok(()) }
 //! ```
+//!
+//! ## Connecting
+//!
+//! `InMemoryEventBus::new()` / `with_capacity(n)` and `InMemoryEventStore::new()`, or the
+//! `composable-rust` facade's `memory:` and `memory:?capacity=N` URLs. Neither has dead letters: the
+//! bus reports a slow subscriber's loss as `Lagged`, the store returns every failure to the caller.
+//! No dependency's type is part of the API.
+//!
+//! ## Guarantees of `InMemoryEventBus`
+//!
+//! | guarantee | what this backend does |
+//! |---|---|
+//! | delivery | each event published after `subscribe` returned, once to every subscriber and to one member of each named group; `publish` never blocks and shares one `Arc<BusMessage>` with all subscribers |
+//! | ordering | publish order, across topics (one channel) |
+//! | durability | none: this process's memory |
+//! | redelivery / ack | in a named group, `nack` puts the event back at the front of the group's queue; an exclusive subscriber needs no `ack` and its `nack` is refused (`RedeliveryUnsupported`) |
+//! | dead letters | none: nothing is given up on; a subscriber or group more than `capacity` events behind gets one `Lagged { missed }` item and resumes at the oldest event kept |
+//! | limits | `capacity` events kept for slow subscribers (16,384 by default, `memory:?capacity=N`); one process |
+//!
+//! ## Guarantees of `InMemoryEventStore`
+//!
+//! | guarantee | what this backend does |
+//! |---|---|
+//! | delivery | an append is atomic with its expected-version check, outbox intents and inbox mark; `read_stream` and `read_all` return what was appended |
+//! | ordering | versions per stream; global positions in append order, gap-free |
+//! | durability | none: this process's memory |
+//! | redelivery / ack | an identical retry (same event ids) is an idempotent success, a reused id with other content is refused; an inbox mark refuses a second handling (`AlreadyProcessed`); outbox entries stay pending until `mark_published` |
+//! | dead letters | none: every failure is returned to the caller (the runtime's outbox relay dead-letters publications that fail for good) |
+//! | limits | the process's memory (`prune` drops published outbox entries and old inbox marks) |
 
 pub mod bus;
+mod read_model;
 pub mod store;
 
 pub use bus::{BusStats, DEFAULT_CAPACITY, InMemoryEventBus};

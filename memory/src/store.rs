@@ -5,14 +5,14 @@
 //! Like the durable stores it keeps published outbox entries and inbox marks, with the time they were
 //! recorded, until [`EventStore::prune`] deletes them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use composable_rust_core::event_store::{PruneReport, identical_retry};
 use composable_rust_core::{
-    AppendRequest, AppendResult, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StreamId, Topic,
-    Version,
+    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventStore, EventStoreError, GlobalPosition, PendingPublication,
+    RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
 };
 use parking_lot::RwLock;
 use uuid::Uuid;
@@ -30,6 +30,64 @@ struct Inner {
     next_outbox: u64,
     /// Inbox marks and when they were recorded.
     inbox: HashMap<(String, Uuid), DateTime<Utc>>,
+    deadlines: Deadlines,
+}
+
+/// Deadlines with an index on the due time and one on the (owner, name) of the pending ones.
+#[derive(Default)]
+struct Deadlines {
+    rows: HashMap<Uuid, DeadlineRow>,
+    by_due: BTreeSet<(DateTime<Utc>, Uuid)>,
+    pending: HashMap<(DeadlineOwner, String), Uuid>,
+}
+
+struct DeadlineRow {
+    deadline: StoredDeadline,
+    fired: bool,
+    claimed_until: Option<DateTime<Utc>>,
+    claims: u32,
+}
+
+impl Deadlines {
+    fn remove(&mut self, id: Uuid) {
+        if let Some(row) = self.rows.remove(&id) {
+            self.by_due.remove(&(row.deadline.due_at, id));
+            let key = (row.deadline.owner, row.deadline.name);
+            if self.pending.get(&key) == Some(&id) {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    fn is_pending(&self, id: Uuid) -> bool {
+        self.rows.get(&id).is_some_and(|r| !r.fired)
+    }
+
+    fn apply(&mut self, change: DeadlineChange) {
+        match change {
+            DeadlineChange::Schedule(d) => {
+                if let Some(old) = self.pending.get(&(d.owner.clone(), d.name.clone())).copied() {
+                    self.remove(old);
+                }
+                // The same step scheduling again (same id) replaces its own row.
+                self.remove(d.id);
+                self.by_due.insert((d.due_at, d.id));
+                self.pending.insert((d.owner.clone(), d.name.clone()), d.id);
+                self.rows.insert(d.id, DeadlineRow { deadline: d, fired: false, claimed_until: None, claims: 0 });
+            }
+            DeadlineChange::Cancel { owner, name } => {
+                if let Some(id) = self.pending.get(&(owner, name)).copied() {
+                    self.remove(id);
+                }
+            }
+            DeadlineChange::Fire { id } => {
+                if let Some(row) = self.rows.get_mut(&id) {
+                    row.fired = true;
+                    self.pending.remove(&(row.deadline.owner.clone(), row.deadline.name.clone()));
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,12 +100,14 @@ enum OutboxState {
 #[derive(Default)]
 pub struct InMemoryEventStore {
     inner: RwLock<Inner>,
+    /// Projections' documents and checkpoints (see `read_model.rs`).
+    pub(crate) models: parking_lot::Mutex<crate::read_model::ReadModels>,
 }
 
 impl std::fmt::Debug for InMemoryEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.inner.read();
-        f.debug_struct("InMemoryEventStore").field("events", &inner.log.len()).field("streams", &inner.streams.len()).finish()
+        f.debug_struct("InMemoryEventStore").field("events", &inner.log.len()).field("streams", &inner.streams.len()).finish_non_exhaustive()
     }
 }
 
@@ -99,8 +159,18 @@ impl EventStore for InMemoryEventStore {
         if !request.expected_version.accepts(actual) {
             return Err(EventStoreError::ConcurrencyConflict { stream_id: request.stream_id, expected: request.expected_version, actual });
         }
+        for change in &request.deadlines {
+            if let DeadlineChange::Fire { id } = change {
+                if !inner.deadlines.is_pending(*id) {
+                    return Err(EventStoreError::DeadlineNotPending { id: *id });
+                }
+            }
+        }
         if let Some(mark) = request.inbox {
             inner.inbox.insert((mark.consumer, mark.event_id), Utc::now());
+        }
+        for change in request.deadlines {
+            inner.deadlines.apply(change);
         }
         let first_position = GlobalPosition(inner.log.len() as u64 + 1);
         let mut version = actual;
@@ -185,6 +255,60 @@ impl EventStore for InMemoryEventStore {
         inner.inbox.retain(|_, recorded| *recorded >= horizon);
         let gone = |before: usize, after: usize| (before - after) as u64;
         Ok(PruneReport::new(gone(outbox_before, inner.outbox_index.len()), gone(inbox_before, inner.inbox.len())))
+    }
+
+    fn read_model_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn composable_rust_core::ReadModelStore>> {
+        Some(self)
+    }
+
+    async fn head(&self) -> Result<GlobalPosition, EventStoreError> {
+        Ok(GlobalPosition(self.inner.read().log.len() as u64))
+    }
+
+    async fn claim_due_deadlines(
+        &self,
+        consumer: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDeadline>, EventStoreError> {
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let mut inner = self.inner.write();
+        let deadlines = &mut inner.deadlines;
+        let due: Vec<Uuid> = deadlines
+            .by_due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .filter(|id| deadlines.rows.get(id).is_some_and(|r| r.deadline.owner.consumer == consumer && r.claimed_until.is_none_or(|c| c <= now)))
+            .take(limit)
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter_map(|id| {
+                let row = deadlines.rows.get_mut(&id)?;
+                row.claimed_until = Some(until);
+                row.claims += 1;
+                Some(ClaimedDeadline { deadline: row.deadline.clone(), fired: row.fired, claims: row.claims })
+            })
+            .collect())
+    }
+
+    async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError> {
+        self.inner.write().deadlines.remove(id);
+        Ok(())
+    }
+
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<StoredDeadline>, EventStoreError> {
+        let inner = self.inner.read();
+        let d = &inner.deadlines;
+        Ok(d.by_due
+            .iter()
+            .filter_map(|(_, id)| d.rows.get(id))
+            .filter(|r| r.deadline.owner.consumer == consumer && instance.is_none_or(|i| r.deadline.owner.instance == i))
+            .take(limit)
+            .map(|r| r.deadline.clone())
+            .collect())
     }
 }
 

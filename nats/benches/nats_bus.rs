@@ -43,9 +43,9 @@ fn headers_for(e: &SerializedEvent) -> HeaderMap {
 fn config(url: &str) -> NatsConfig {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut c = NatsConfig::new(url);
-    c.stream_name = format!("CR_BENCH_{}", &id[..8]);
-    c.subject_prefix = format!("bench{}", &id[..8]);
-    c.storage = Storage::File;
+    c = c.with_stream_name(format!("CR_BENCH_{}", &id[..8]));
+    c = c.with_subject_prefix(format!("bench{}", &id[..8]));
+    c = c.with_storage(Storage::File);
     c
 }
 
@@ -92,8 +92,8 @@ fn bench(c: &mut Criterion) {
     let Some((_server, url)) = support::server() else { return };
     let cfg = config(&url);
     let bus = Arc::new(rt.block_on(NatsEventBus::connect_with(cfg.clone())).unwrap());
-    let js = async_nats::jetstream::new(bus.client().clone());
-    let ticks = format!("{}.ticks", cfg.subject_prefix);
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
+    let ticks = format!("{}.ticks", cfg.subject_prefix());
 
     let mut group = c.benchmark_group("nats_publish_acked");
     group.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(PUBLISH_BATCH as u64));
@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("raw_async_nats", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let stream = js.get_stream(&cfg.stream_name).await.unwrap();
+                let stream = js.get_stream(cfg.stream_name()).await.unwrap();
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let topic = format!("c{}", uuid::Uuid::new_v4().simple());
@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
                             &topic,
                             pull::Config {
                                 durable_name: Some(topic.clone()),
-                                filter_subject: format!("{}.{topic}", cfg.subject_prefix),
+                                filter_subject: format!("{}.{topic}", cfg.subject_prefix()),
                                 ack_policy: AckPolicy::Explicit,
                                 deliver_policy: DeliverPolicy::New,
                                 max_deliver: 6,

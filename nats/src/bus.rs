@@ -1,14 +1,13 @@
 //! [`NatsEventBus`]: publish with JetStream acks, subscribe through pull consumers.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, AckKind, stream};
 use async_trait::async_trait;
+use composable_rust_core::dead_letter::{DeadLetter, DeadLetterSink};
 use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{
@@ -17,6 +16,8 @@ use composable_rust_core::{
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
+
+use composable_rust_core::url::{UrlError, redact};
 
 use crate::config::{NatsConfig, NatsError, Storage};
 use crate::naming::{consumer_name, filter_subject, subject, topic_of};
@@ -33,96 +34,56 @@ pub mod headers {
     pub const CAUSATION_ID: &str = "cr-causation-id";
 }
 
-/// A message terminated after too many deliveries or because it could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsDeadLetter {
-    /// Subject it was on.
-    pub subject: String,
-    /// Why it was terminated.
-    pub reason: String,
-    /// Deliveries made.
-    pub deliveries: i64,
-}
-
-/// The latest dead letters of one bus (at most `capacity`, older ones dropped) and how many there
-/// were in all. Dead letters are rare and the lock is never held across an await: `std`'s mutex is
-/// enough.
-#[derive(Debug)]
-struct DeadLetters {
-    capacity: usize,
-    letters: Mutex<VecDeque<NatsDeadLetter>>,
-    total: AtomicU64,
-}
-
-impl DeadLetters {
-    fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), letters: Mutex::new(VecDeque::new()), total: AtomicU64::new(0) }
-    }
-
-    fn record(&self, letter: NatsDeadLetter) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        // A panic elsewhere while holding the lock leaves the queue consistent: keep using it.
-        let mut letters = self.letters.lock().unwrap_or_else(PoisonError::into_inner);
-        if letters.len() >= self.capacity {
-            letters.pop_front();
-        }
-        letters.push_back(letter);
-    }
-
-    fn snapshot(&self) -> Vec<NatsDeadLetter> {
-        self.letters.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
-    }
-
-    fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-}
-
 /// The NATS JetStream event bus. Clones share the connection.
 #[derive(Clone)]
 pub struct NatsEventBus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<NatsConfig>,
-    dead_letters: Arc<DeadLetters>,
 }
 
 impl std::fmt::Debug for NatsEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsEventBus").field("url", &self.config.url).field("stream", &self.config.stream_name).finish_non_exhaustive()
+        f.debug_struct("NatsEventBus")
+            .field("url", &composable_rust_core::url::redact(self.config.server_url()))
+            .field("stream", &self.config.stream_name())
+            .finish_non_exhaustive()
     }
 }
 
 impl NatsEventBus {
-    /// Connects with default settings and creates (or validates) the stream.
+    /// Connects to the server a composable-rust NATS URL names (`nats://[USER:PASSWORD@]HOST[:PORT]`,
+    /// see [`NatsConfig::from_url`]) with default settings, and creates (or validates) the stream.
     pub async fn connect(url: &str) -> Result<Self, NatsError> {
-        Self::connect_with(NatsConfig::new(url)).await
+        Self::connect_with(NatsConfig::from_url(url)?).await
     }
 
     /// Connects with `config` and creates (or validates) the stream.
     pub async fn connect_with(config: NatsConfig) -> Result<Self, NatsError> {
-        if let Err(e) = config.url.parse::<async_nats::ServerAddr>() {
-            return Err(NatsError::InvalidUrl { url: config.url.clone(), source: BusCause::new(e) });
+        let url = config.server_url();
+        if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+            return Err(NatsError::InvalidUrl(UrlError::new(url, url, e.to_string())));
         }
+        let unreachable = |source: BusCause| NatsError::Unreachable { url: redact(url), source };
         let client = async_nats::ConnectOptions::new()
-            .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .connect(config.url.as_str())
+            .connection_timeout(config.connect_timeout())
+            .request_timeout(Some(config.request_timeout()))
+            .connect(url)
             .await
-            .map_err(|e| NatsError::Unreachable { url: config.url.clone(), source: BusCause::new(e) })?;
+            .map_err(|e| unreachable(BusCause::new(e)))?;
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(config.request_timeout);
-        let stream_err = |source: BusCause| NatsError::Stream { stream: config.stream_name.clone(), source };
-        let wanted_subject = format!("{}.>", config.subject_prefix);
+        js.set_timeout(config.request_timeout());
+        let stream_err = |source: BusCause| NatsError::Stream { stream: config.stream_name().to_owned(), source };
+        let wanted_subject = format!("{}.>", config.subject_prefix());
         let mut stream = js
             .get_or_create_stream(stream::Config {
-                name: config.stream_name.clone(),
+                name: config.stream_name().to_owned(),
                 subjects: vec![wanted_subject.clone()],
-                storage: match config.storage {
+                storage: match config.storage() {
                     Storage::File => stream::StorageType::File,
                     Storage::Memory => stream::StorageType::Memory,
                 },
-                duplicate_window: config.duplicate_window,
+                duplicate_window: config.duplicate_window(),
                 ..Default::default()
             })
             .await
@@ -131,24 +92,19 @@ impl NatsEventBus {
         if !info.config.subjects.contains(&wanted_subject) {
             return Err(stream_err(BusCause::msg(format!("it exists with subjects {:?}, this bus needs {wanted_subject:?}", info.config.subjects))));
         }
-        let dead_letters = Arc::new(DeadLetters::new(config.dead_letter_capacity));
-        Ok(Self { client, js, config: Arc::new(config), dead_letters })
+        Ok(Self { client, js, config: Arc::new(config) })
     }
 
-    /// The latest messages terminated by this bus (too many deliveries, undecodable), oldest first:
-    /// at most [`NatsConfig::dead_letter_capacity`]; older ones are dropped from memory but counted
-    /// in [`NatsEventBus::dead_letters_total`].
-    pub fn dead_letters(&self) -> Vec<NatsDeadLetter> {
-        self.dead_letters.snapshot()
+    /// Where this bus records the messages it terminates (too many deliveries, undecodable):
+    /// [`NatsConfig::with_dead_letters`], a bounded in-memory record by default.
+    pub fn dead_letter_sink(&self) -> &Arc<dyn DeadLetterSink> {
+        self.config.dead_letter_sink()
     }
 
-    /// How many messages this bus terminated in all, including those no longer kept.
-    pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters.total()
-    }
-
-    /// The underlying client (to flush, or for raw access).
-    pub fn client(&self) -> &async_nats::Client {
+    /// **Escape hatch**: the underlying async-nats client (to flush, or for raw JetStream access).
+    /// Using it ties your code to the async-nats version this crate depends on; everything else in
+    /// this crate's API is free of it.
+    pub fn raw_client(&self) -> &async_nats::Client {
         &self.client
     }
 
@@ -161,17 +117,17 @@ impl NatsEventBus {
         let subscribe_failed = |cause: BusCause| EventBusError::subscribe_failed([pattern.as_str()], cause);
         let stream = self
             .js
-            .get_stream(&self.config.stream_name)
+            .get_stream(self.config.stream_name())
             .await
-            .map_err(|e| subscribe_failed(BusCause::context(format!("cannot look up JetStream stream {}", self.config.stream_name), e)))?;
+            .map_err(|e| subscribe_failed(BusCause::context(format!("cannot look up JetStream stream {}", self.config.stream_name()), e)))?;
         let mut config = pull::Config {
-            filter_subject: filter_subject(&self.config.subject_prefix, pattern),
+            filter_subject: filter_subject(self.config.subject_prefix(), pattern),
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::New,
-            ack_wait: self.config.ack_wait,
+            ack_wait: self.config.ack_wait(),
             // The bus terminates a message itself on its last delivery (recording why); the server
             // limit is one more, as a backstop.
-            max_deliver: self.config.max_deliver + 1,
+            max_deliver: i64::from(self.config.max_deliver()) + 1,
             ..Default::default()
         };
         let consumer = match group {
@@ -188,9 +144,9 @@ impl NatsEventBus {
         .map_err(subscribe_failed)?;
         consumer
             .stream()
-            .max_messages_per_batch(self.config.pull_batch)
-            .expires(self.config.pull_expiry)
-            .heartbeat(self.config.pull_expiry / 4)
+            .max_messages_per_batch(self.config.pull_batch())
+            .expires(self.config.pull_expiry())
+            .heartbeat(self.config.pull_expiry() / 4)
             .messages()
             .await
             .map_err(|e| subscribe_failed(BusCause::context("cannot start pulling messages", e)))
@@ -199,17 +155,25 @@ impl NatsEventBus {
     fn to_delivery(&self, message: jetstream::Message, group: &str) -> Option<Result<Delivery, EventBusError>> {
         let deliveries = message.info().map_or(1, |i| i.delivered);
         let subject = message.subject.to_string();
-        let topic = topic_of(&self.config.subject_prefix, &subject).and_then(|t| Topic::new(t).ok());
+        let topic = topic_of(self.config.subject_prefix(), &subject).and_then(|t| Topic::new(t).ok());
         let decoded = SerializedEvent::decode(&message.payload);
         match (topic, decoded) {
             (Some(topic), Ok(event)) => {
                 let attempt = u32::try_from(deliveries).unwrap_or(u32::MAX);
-                let ack = NatsAck { message, max_deliver: self.config.max_deliver, dead_letters: Arc::clone(&self.dead_letters), subject };
-                Some(Ok(Delivery::with_ack(Arc::new(BusMessage { topic, event }), attempt, Box::new(ack))))
+                let bus_message = Arc::new(BusMessage { topic, event });
+                let ack = NatsAck {
+                    message,
+                    max_deliver: self.config.max_deliver(),
+                    dead_letters: Arc::clone(self.config.dead_letter_sink()),
+                    bus_message: Arc::clone(&bus_message),
+                    subject,
+                };
+                Some(Ok(Delivery::with_ack(bus_message, attempt, Box::new(ack))))
             }
             (_, Err(source)) => {
                 tracing::warn!(subject = %subject, group, error = %source, "undecodable message terminated");
-                self.record_dead(&subject, format!("undecodable: {source}"), deliveries);
+                let attempts = u32::try_from(deliveries).unwrap_or(u32::MAX);
+                self.config.dead_letter_sink().record(DeadLetter::now(format!("nats message on {subject}"), format!("undecodable: {source}"), attempts, None));
                 tokio::spawn(async move {
                     if let Err(e) = message.ack_with(AckKind::Term).await {
                         tracing::warn!(error = %e, "could not terminate an undecodable message");
@@ -223,16 +187,14 @@ impl NatsEventBus {
             }
         }
     }
-
-    fn record_dead(&self, subject: &str, reason: String, deliveries: i64) {
-        self.dead_letters.record(NatsDeadLetter { subject: subject.to_string(), reason, deliveries });
-    }
 }
 
 struct NatsAck {
     message: jetstream::Message,
-    max_deliver: i64,
-    dead_letters: Arc<DeadLetters>,
+    max_deliver: u32,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    /// The delivered event, for the dead letter of its last delivery.
+    bus_message: Arc<BusMessage>,
     subject: String,
 }
 
@@ -243,14 +205,15 @@ impl DeliveryAck for NatsAck {
 
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<(), EventBusError>> {
         async move {
-            let deliveries = self.message.info().map_or(1, |i| i.delivered);
+            let deliveries = u32::try_from(self.message.info().map_or(1, |i| i.delivered)).unwrap_or(u32::MAX);
             let kind = if deliveries >= self.max_deliver {
                 tracing::error!(subject = %self.subject, deliveries, "message failed on its last allowed delivery; terminated");
-                self.dead_letters.record(NatsDeadLetter {
-                    subject: self.subject.clone(),
-                    reason: format!("not handled after {deliveries} deliveries"),
+                self.dead_letters.record(DeadLetter::now(
+                    format!("nats message on {}", self.subject),
+                    format!("not handled after {deliveries} deliveries"),
                     deliveries,
-                });
+                    Some(self.bus_message.event.clone()),
+                ));
                 AckKind::Term
             } else {
                 AckKind::Nak(None)
@@ -265,7 +228,7 @@ impl DeliveryAck for NatsAck {
 impl EventBus for NatsEventBus {
     async fn publish(&self, topic: &str, event: &SerializedEvent) -> Result<(), EventBusError> {
         let topic = Topic::new(topic)?;
-        let subject = subject(&self.config.subject_prefix, topic.as_str());
+        let subject = subject(self.config.subject_prefix(), topic.as_str());
         let span = tracing::debug_span!("publish", bus = "nats", subject = %subject, event_type = %event.event_type);
         async {
             let payload = event.encode().map_err(|e| EventBusError::publish_failed(topic.as_str(), e, false))?;
@@ -318,27 +281,5 @@ impl EventBus for NatsEventBus {
 
     fn backend(&self) -> &'static str {
         "nats"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn letter(n: usize) -> NatsDeadLetter {
-        NatsDeadLetter { subject: format!("cr.t{n}"), reason: "undecodable".into(), deliveries: 1 }
-    }
-
-    #[test]
-    fn dead_letters_keep_the_latest_and_count_all() {
-        let dead = DeadLetters::new(3);
-        for n in 0..10 {
-            dead.record(letter(n));
-        }
-        let kept = dead.snapshot();
-        assert_eq!(kept.len(), 3, "the record must stay bounded: {kept:?}");
-        assert_eq!(kept, vec![letter(7), letter(8), letter(9)], "the oldest go first");
-        assert_eq!(dead.total(), 10);
-        assert_eq!(DeadLetters::new(0).capacity, 1, "a zero capacity still keeps the latest");
     }
 }

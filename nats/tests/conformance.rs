@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use composable_rust_core::{EventBus, EventBusError, EventStream, SerializedEvent, SubscribeOptions};
+use composable_rust_core::{EventBus, EventBusError, EventStream, InMemoryDeadLetters, SerializedEvent, SubscribeOptions};
 use composable_rust_nats::{NatsError, NatsEventBus};
 use composable_rust_testing::conformance::event_bus::{self, BusCapabilities};
 use futures::StreamExt;
@@ -50,7 +50,9 @@ async fn nats_bus_passes_the_conformance_suite() {
 #[tokio::test]
 async fn bad_urls_and_absent_servers_are_explained() {
     let err = NatsEventBus::connect("http://not a url").await.unwrap_err();
-    assert!(matches!(err, NatsError::InvalidUrl { .. } | NatsError::Unreachable { .. }), "{err}");
+    assert!(matches!(err, NatsError::InvalidUrl(_)), "{err}");
+    let err = NatsEventBus::connect_with(composable_rust_nats::NatsConfig::new("nats://bad host:x")).await.unwrap_err();
+    assert!(matches!(err, NatsError::InvalidUrl(_) | NatsError::Unreachable { .. }), "{err}");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let err = NatsEventBus::connect(&format!("nats://127.0.0.1:{port}")).await.unwrap_err();
     assert!(matches!(err, NatsError::Unreachable { .. }), "{err}");
@@ -67,7 +69,7 @@ async fn failures_keep_the_client_error() {
         return;
     };
     let mut config = isolated_config(&server.url());
-    config.request_timeout = Duration::from_millis(500);
+    config = config.with_request_timeout(Duration::from_millis(500));
     let bus = bus(config).await;
     server.kill();
 
@@ -100,37 +102,38 @@ async fn a_republished_event_id_is_stored_once() {
 #[tokio::test]
 async fn undecodable_messages_are_reported_terminated_and_consumption_continues() {
     let Some((_server, url)) = server() else { return };
-    let mut config = isolated_config(&url);
-    config.ack_wait = Duration::from_secs(1);
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let config = isolated_config(&url).with_ack_wait(Duration::from_secs(1)).with_dead_letters(dead_letters.clone());
     let bus = bus(config.clone()).await;
     let mut s = bus.subscribe_with(&["mixed"], SubscribeOptions::group("g")).await.unwrap();
-    let js = async_nats::jetstream::new(bus.client().clone());
-    js.publish(format!("{}.mixed", config.subject_prefix), "{\"not\":\"an envelope\"}".into()).await.unwrap().await.unwrap();
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
+    js.publish(format!("{}.mixed", config.subject_prefix()), "{\"not\":\"an envelope\"}".into()).await.unwrap().await.unwrap();
     bus.publish("mixed", &numbered(7)).await.unwrap();
     match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
-        Ok(Some(Err(EventBusError::Decode { topic, .. }))) => assert_eq!(topic, format!("{}.mixed", config.subject_prefix)),
+        Ok(Some(Err(EventBusError::Decode { topic, .. }))) => assert_eq!(topic, format!("{}.mixed", config.subject_prefix())),
         other => panic!("expected a Decode error item, got {other:?}"),
     }
     let d = next_delivery(&mut s, "the next good event").await;
     assert_eq!(number(&d), 7);
     d.ack().await.unwrap();
     nothing_within(&mut s, Duration::from_millis(2500)).await;
-    let dead = bus.dead_letters();
+    let dead = dead_letters.letters();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.starts_with("undecodable"), "{dead:?}");
-    assert_eq!(bus.dead_letters_total(), 1);
+    assert!(dead[0].error.starts_with("undecodable"), "{dead:?}");
+    assert_eq!(dead[0].what, format!("nats message on {}.mixed", config.subject_prefix()));
+    assert_eq!(dead_letters.total(), 1);
 }
 
 #[tokio::test]
 async fn the_dead_letter_record_stays_bounded() {
     let Some((_server, url)) = server() else { return };
-    let mut config = isolated_config(&url);
-    config.dead_letter_capacity = 2;
+    let dead_letters = Arc::new(InMemoryDeadLetters::new(2));
+    let config = isolated_config(&url).with_dead_letters(dead_letters.clone());
     let bus = bus(config.clone()).await;
     let mut s = bus.subscribe_with(&["junk"], SubscribeOptions::group("g")).await.unwrap();
-    let js = async_nats::jetstream::new(bus.client().clone());
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
     for i in 0..5 {
-        js.publish(format!("{}.junk", config.subject_prefix), format!("not an envelope {i}").into()).await.unwrap().await.unwrap();
+        js.publish(format!("{}.junk", config.subject_prefix()), format!("not an envelope {i}").into()).await.unwrap().await.unwrap();
     }
     for i in 0..5 {
         match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
@@ -138,16 +141,16 @@ async fn the_dead_letter_record_stays_bounded() {
             other => panic!("message {i}: expected a Decode error item, got {other:?}"),
         }
     }
-    let dead = bus.dead_letters();
-    assert_eq!(dead.len(), 2, "at most dead_letter_capacity are kept: {dead:?}");
-    assert_eq!(bus.dead_letters_total(), 5, "every dead letter is counted");
+    let dead = dead_letters.letters();
+    assert_eq!(dead.len(), 2, "at most the sink's capacity is kept: {dead:?}");
+    assert_eq!(dead_letters.total(), 5, "every dead letter is counted");
 }
 
 #[tokio::test]
 async fn a_message_nacked_max_deliver_times_is_dead_lettered_not_redelivered_forever() {
     let Some((_server, url)) = server() else { return };
-    let mut config = isolated_config(&url);
-    config.max_deliver = 3;
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let config = isolated_config(&url).with_max_deliver(3).with_dead_letters(dead_letters.clone());
     let bus = bus(config).await;
     let mut s = bus.subscribe_with(&["poison"], SubscribeOptions::group("g")).await.unwrap();
     bus.publish("poison", &numbered(9)).await.unwrap();
@@ -157,17 +160,18 @@ async fn a_message_nacked_max_deliver_times_is_dead_lettered_not_redelivered_for
         d.nack().await.unwrap();
     }
     nothing_within(&mut s, Duration::from_millis(1500)).await;
-    let dead = bus.dead_letters();
+    let dead = dead_letters.letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].deliveries, 3);
-    assert!(dead[0].reason.contains("not handled after 3 deliveries"), "{dead:?}");
+    assert_eq!(dead[0].attempts, 3);
+    assert!(dead[0].error.contains("not handled after 3 deliveries"), "{dead:?}");
+    assert_eq!(dead[0].event.as_ref().map(|e| e.data.to_vec()), Some(9u32.to_be_bytes().to_vec()), "the event, to replay by hand");
 }
 
 #[tokio::test]
 async fn a_consumer_that_dies_mid_handling_loses_nothing() {
     let Some((_server, url)) = server() else { return };
     let mut config = isolated_config(&url);
-    config.ack_wait = Duration::from_secs(1);
+    config = config.with_ack_wait(Duration::from_secs(1));
     let bus = bus(config.clone()).await;
     let mut first = bus.subscribe_with(&["work"], SubscribeOptions::group("workers")).await.unwrap();
     for i in 0..10 {
@@ -183,7 +187,7 @@ async fn a_consumer_that_dies_mid_handling_loses_nothing() {
         }
         // Odd ones are "in hand" when the worker dies: never acknowledged.
     }
-    bus.client().flush().await.unwrap();
+    bus.raw_client().flush().await.unwrap();
     drop(first);
 
     let restarted = support::bus(config).await;
@@ -206,9 +210,9 @@ async fn a_server_restart_loses_nothing_that_was_acked_on_publish() {
         return;
     };
     let mut config = isolated_config(&server.url());
-    config.storage = composable_rust_nats::Storage::File;
+    config = config.with_storage(composable_rust_nats::Storage::File);
     // Events pulled but not acknowledged before the crash come again after this.
-    config.ack_wait = Duration::from_secs(1);
+    config = config.with_ack_wait(Duration::from_secs(1));
     let bus = bus(config.clone()).await;
     let mut s = bus.subscribe_with(&["durable"], SubscribeOptions::group("g")).await.unwrap();
     for i in 0..20 {
@@ -220,7 +224,7 @@ async fn a_server_restart_loses_nothing_that_was_acked_on_publish() {
         seen.insert(number(&d));
         d.ack().await.unwrap();
     }
-    bus.client().flush().await.unwrap();
+    bus.raw_client().flush().await.unwrap();
     drop(s);
     server.restart();
 

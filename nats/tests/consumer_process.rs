@@ -36,10 +36,10 @@ async fn child_consumer() {
     let mut parts = spec.split(' ');
     let (url, stream, prefix) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
     let mut config = composable_rust_nats::NatsConfig::new(url);
-    config.stream_name = stream.to_string();
-    config.subject_prefix = prefix.to_string();
-    config.storage = composable_rust_nats::Storage::Memory;
-    config.ack_wait = Duration::from_secs(1);
+    config = config.with_stream_name(stream.to_string());
+    config = config.with_subject_prefix(prefix.to_string());
+    config = config.with_storage(composable_rust_nats::Storage::Memory);
+    config = config.with_ack_wait(Duration::from_secs(1));
     let bus = bus(config).await;
     let mut s = bus.subscribe_with(&["jobs"], SubscribeOptions::group("job-workers")).await.unwrap();
     println!("ready");
@@ -48,7 +48,7 @@ async fn child_consumer() {
         let n = number(&d);
         if n % 2 == 0 {
             d.ack().await.unwrap();
-            bus.client().flush().await.unwrap();
+            bus.raw_client().flush().await.unwrap();
             println!("acked {n}");
         } else {
             println!("holding {n}");
@@ -65,13 +65,13 @@ async fn a_killed_consumer_process_loses_nothing() {
     }
     let Some((_server, url)) = server() else { return };
     let mut config = isolated_config(&url);
-    config.ack_wait = Duration::from_secs(1);
+    config = config.with_ack_wait(Duration::from_secs(1));
     let bus = bus(config.clone()).await;
 
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
             .args(["child_consumer", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD, format!("{url} {} {}", config.stream_name, config.subject_prefix))
+            .env(CHILD, format!("{url} {} {}", config.stream_name(), config.subject_prefix()))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -25,8 +25,8 @@ async fn nats_py_reads_the_event_and_its_headers() {
     bus.publish("order.events", &event).await.unwrap();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop_read.py");
-    let subject = format!("{}.order.events", config.subject_prefix);
-    let out = Command::new("python3").args([script, &url, &config.stream_name, &subject]).output().expect("run python3");
+    let subject = format!("{}.order.events", config.subject_prefix());
+    let out = Command::new("python3").args([script, &url, config.stream_name(), &subject]).output().expect("run python3");
     assert!(out.status.success(), "nats-py failed: {}", String::from_utf8_lossy(&out.stderr));
     let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
     let id = event.event_id.to_string();

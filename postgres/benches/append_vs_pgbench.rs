@@ -83,16 +83,16 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut config = PostgresConfig::new(&url);
-        config.max_connections = 40;
+        config = config.with_max_connections(40);
         if let Some(n) = std::env::var("CR_BENCH_GROUP_STATEMENTS").ok().and_then(|v| v.parse().ok()) {
-            config.group_statements_in_flight = n;
+            config = config.with_group_statements_in_flight(n);
         }
         let store = Arc::new(PostgresEventStore::connect_with(config.clone()).await.expect("connect"));
-        config.max_appends_per_statement = 1;
+        config = config.with_max_appends_per_statement(1);
         let store_alone = Arc::new(PostgresEventStore::connect_with(config).await.expect("connect"));
         store.migrate().await.expect("migrate");
         sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, payload BYTEA NOT NULL)")
-            .execute(store.pool())
+            .execute(store.raw_pool())
             .await
             .unwrap();
 

@@ -26,7 +26,8 @@ impl PostgresContainer {
         &self.url
     }
 
-    /// The container handle.
+    /// The container handle. The whole module is behind the `testcontainers` feature: its
+    /// testcontainers types are that feature's opt-in escape hatch.
     pub fn container(&self) -> &ContainerAsync<Postgres> {
         &self.container
     }

@@ -3,7 +3,39 @@
 //! [`PostgresEventStore`]: the composable-rust [`EventStore`](composable_rust_core::EventStore) on
 //! PostgreSQL (sqlx).
 //!
-//! Guarantees (the conformance suite and this crate's tests check them):
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use composable_rust_postgres::{PostgresConfig, PostgresEventStore};
+//!
+//! let store = PostgresEventStore::connect("postgres://app:secret@127.0.0.1:5432/shop").await?;
+//! store.migrate().await?; // once per database; safe on every start
+//! let tuned = PostgresEventStore::connect_with(PostgresConfig::from_url("postgres://app:secret@127.0.0.1:5432/shop")?.with_max_connections(32)).await?;
+//! # drop(tuned);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Connecting
+//!
+//! Like every backend: [`PostgresEventStore::connect`] takes the URL the `composable-rust` facade
+//! takes (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, `postgresql://...`),
+//! [`PostgresEventStore::connect_with`] a [`PostgresConfig`] built with `with_*` setters. A store
+//! has no dead letters: every failure is returned to the caller. The sqlx pool is reachable only
+//! through [`PostgresEventStore::raw_pool`], an escape hatch that ties your code to the sqlx version
+//! this crate uses.
+//!
+//! ## Guarantees of `PostgresEventStore`
+//!
+//! | guarantee | what this backend does |
+//! |---|---|
+//! | delivery | an append is one statement and one transaction: its events, outbox intents and inbox mark, or nothing; concurrent appends to different streams share a statement (group commit), each with its own check and result |
+//! | ordering | versions per stream; gap-free global reads: `read_all` never moves past an event still to commit (advisory-lock horizon) |
+//! | durability | PostgreSQL's: a returned append is committed |
+//! | redelivery / ack | an identical retry (same event ids) is an idempotent success, a reused id with other content is refused; an inbox mark refuses a second handling (`AlreadyProcessed`); outbox entries stay pending until `mark_published` |
+//! | dead letters | none: every failure is returned to the caller (the runtime's outbox relay dead-letters publications that fail for good) |
+//! | limits | `max_connections` (16) pooled connections; `statement_timeout` (10 s); groups of up to `max_appends_per_statement` (64) appends |
+//!
+//! ## Details (the conformance suite and this crate's tests check them)
+//!
 //! - an append is **one statement, one round trip, one transaction**: it takes the shared append lock,
 //!   claims the versions on the stream's row (a mismatch inserts nothing and is reported as
 //!   `ConcurrencyConflict` with the actual version), inserts all events with one
@@ -36,10 +68,12 @@
 //! With the `testcontainers` feature, `containers::PostgresContainer` starts PostgreSQL in Docker
 //! for tests, for users who have a Docker engine.
 
+mod config;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 mod group_commit;
 mod store;
 
+pub use config::{PostgresConfig, PostgresError};
 pub use group_commit::GroupCommitStats;
-pub use store::{APPEND_LOCK_KEY, PostgresConfig, PostgresError, PostgresEventStore};
+pub use store::{APPEND_LOCK_KEY, PostgresEventStore};

@@ -1,87 +1,26 @@
 //! The PostgreSQL implementation.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use composable_rust_core::event_store::{PruneReport, StoreCause, identical_retry};
 use composable_rust_core::{
-    AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, PendingPublication, RecordedEvent,
-    SerializedEvent, Snapshot, StreamId, Topic, Version,
+    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition,
+    PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::config::{PostgresConfig, PostgresError};
 use crate::group_commit::{GroupCommit, GroupCommitStats, MAX_GROUP_EVENTS, Outcome};
 
 /// The advisory lock appends hold shared and `read_all` takes exclusive (see the crate docs).
 pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
-
-/// Connection settings.
-#[derive(Debug, Clone)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database`.
-    pub url: String,
-    /// Pool size.
-    pub max_connections: u32,
-    /// How long to wait for a pooled connection.
-    pub acquire_timeout: Duration,
-    /// `statement_timeout` of every connection.
-    pub statement_timeout: Duration,
-    /// Group commit: at most this many concurrent appends (to distinct streams) are written by one
-    /// statement. `1` writes every append on its own. See the crate docs.
-    pub max_appends_per_statement: usize,
-    /// Group commit: how many group statements run at once; appends arriving meanwhile wait and
-    /// form the next groups.
-    pub group_statements_in_flight: usize,
-}
-
-impl PostgresConfig {
-    /// Defaults for `url`: 16 connections, 5 s acquire timeout, 10 s statement timeout, groups of up
-    /// to 64 appends with 2 group statements in flight.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(10),
-            max_appends_per_statement: 64,
-            group_statements_in_flight: 2,
-        }
-    }
-}
-
-/// Why the store could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum PostgresError {
-    /// The URL is not a PostgreSQL URL.
-    #[error("invalid PostgreSQL URL: {reason}; expected postgres://user:password@host:port/database")]
-    InvalidUrl {
-        /// Why.
-        reason: String,
-    },
-    /// The server could not be reached or refused the login.
-    #[error("cannot connect to PostgreSQL at {host}:{port}: {reason}; is the server running and the URL right?")]
-    Unreachable {
-        /// Host.
-        host: String,
-        /// Port.
-        port: u16,
-        /// Why.
-        reason: String,
-    },
-    /// The schema could not be created.
-    #[error("cannot create the event store schema: {reason}")]
-    Migrate {
-        /// Why.
-        reason: String,
-    },
-}
 
 /// The PostgreSQL event store. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
@@ -194,35 +133,132 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent, EventStoreError> {
     })
 }
 
+/// The columns [`deadline_from_row`] reads; the due time as microseconds since the Unix epoch
+/// (exact: `extract` gives a numeric).
+const DEADLINE_COLUMNS: &str = "id::text AS id, consumer, instance, name, (extract(epoch FROM due_at) * 1000000)::bigint AS due_us, payload, fired, claims";
+
+/// A time as bound to a `$n::text::timestamptz` parameter: RFC 3339, UTC, microseconds (what
+/// `timestamptz` keeps), so it is stored exactly.
+fn pg_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The end of a claim taken at `now` for `lease`, at most the end of year 9999 (a huge lease holds
+/// "forever" instead of overflowing).
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    const LAST_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z
+    let end = now.timestamp_micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX)).min(LAST_MICROS);
+    DateTime::from_timestamp_micros(end).unwrap_or(now)
+}
+
+/// A deadline row, with whether it fired and how often it was claimed.
+fn deadline_from_row(row: &PgRow) -> Result<ClaimedDeadline, EventStoreError> {
+    let get_err = |e: sqlx::Error| corrupt("deadline row", e);
+    let id: String = row.try_get("id").map_err(get_err)?;
+    let id = Uuid::parse_str(&id).map_err(|e| corrupt("deadline id", e))?;
+    let due_us: i64 = row.try_get("due_us").map_err(get_err)?;
+    let due_at = DateTime::from_timestamp_micros(due_us).ok_or_else(|| corrupt(&format!("due time of deadline {id}"), due_us))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(get_err)?;
+    let claims: i32 = row.try_get("claims").map_err(get_err)?;
+    Ok(ClaimedDeadline {
+        deadline: StoredDeadline {
+            id,
+            owner: DeadlineOwner::new(row.try_get::<String, _>("consumer").map_err(get_err)?, row.try_get::<String, _>("instance").map_err(get_err)?),
+            name: row.try_get("name").map_err(get_err)?,
+            due_at,
+            payload: Bytes::from(payload),
+        },
+        fired: row.try_get("fired").map_err(get_err)?,
+        claims: u32::try_from(claims).unwrap_or_default(),
+    })
+}
+
+/// Applies one deadline change of an append inside its transaction, after the append's statement
+/// passed every check. A `Fire` of a deadline that is not pending is
+/// [`EventStoreError::DeadlineNotPending`]; the caller then drops the transaction, which rolls the
+/// whole append back.
+async fn apply_deadline_change(conn: &mut sqlx::PgConnection, change: &DeadlineChange) -> Result<(), EventStoreError> {
+    match change {
+        DeadlineChange::Schedule(d) => {
+            // The pending one of the name goes, and a row of the same id (the same step scheduling
+            // again). Should a concurrent append of another stream schedule the same name first,
+            // the insert replaces that one too instead of failing on the pending-name index.
+            sqlx::query(
+                "DELETE FROM composable_rust.deadlines \
+                 WHERE (consumer = $1 AND instance = $2 AND name = $3 AND NOT fired) OR id = $4::text::uuid",
+            )
+            .bind(d.owner.consumer.as_str())
+            .bind(d.owner.instance.as_str())
+            .bind(d.name.as_str())
+            .bind(d.id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            sqlx::query(
+                "INSERT INTO composable_rust.deadlines (id, consumer, instance, name, due_at, payload) \
+                 VALUES ($4::text::uuid, $1, $2, $3, $5::text::timestamptz, $6) \
+                 ON CONFLICT (consumer, instance, name) WHERE NOT fired DO UPDATE \
+                 SET id = excluded.id, due_at = excluded.due_at, payload = excluded.payload, claimed_until = NULL, claims = 0",
+            )
+            .bind(d.owner.consumer.as_str())
+            .bind(d.owner.instance.as_str())
+            .bind(d.name.as_str())
+            .bind(d.id.to_string())
+            .bind(pg_time(d.due_at))
+            .bind(&d.payload[..])
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        }
+        DeadlineChange::Cancel { owner, name } => {
+            sqlx::query("DELETE FROM composable_rust.deadlines WHERE consumer = $1 AND instance = $2 AND name = $3 AND NOT fired")
+                .bind(owner.consumer.as_str())
+                .bind(owner.instance.as_str())
+                .bind(name.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+        DeadlineChange::Fire { id } => {
+            let fired = sqlx::query("UPDATE composable_rust.deadlines SET fired = true WHERE id = $1::text::uuid AND NOT fired")
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if fired.rows_affected() == 0 {
+                return Err(EventStoreError::DeadlineNotPending { id: *id });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl PostgresEventStore {
-    /// Connects with default settings. Call [`PostgresEventStore::migrate`] once per database.
+    /// Connects to the database a PostgreSQL URL names (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`,
+    /// see [`PostgresConfig::from_url`]) with default settings. Call
+    /// [`PostgresEventStore::migrate`] once per database.
     pub async fn connect(url: &str) -> Result<Self, PostgresError> {
-        Self::connect_with(PostgresConfig::new(url)).await
+        Self::connect_with(PostgresConfig::from_url(url)?).await
     }
 
     /// Connects with `config`.
     pub async fn connect_with(config: PostgresConfig) -> Result<Self, PostgresError> {
-        if !(config.url.starts_with("postgres://") || config.url.starts_with("postgresql://")) {
-            return Err(PostgresError::InvalidUrl {
-                reason: format!("{:?} does not start with postgres://", config.url.split('@').next_back().unwrap_or_default()),
-            });
-        }
-        let options = PgConnectOptions::from_str(&config.url).map_err(|e| PostgresError::InvalidUrl { reason: e.to_string() })?;
+        let options = config.connect_options()?;
         let (host, port) = (options.get_host().to_string(), options.get_port());
-        let timeout_ms = config.statement_timeout.as_millis().to_string();
+        let timeout_ms = config.statement_timeout().as_millis().to_string();
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+            .max_connections(config.max_connections())
             // sqlx pings a pooled connection before every use by default: a second round trip per
             // append. A connection that died is reported by the statement itself (a retryable
             // `Unavailable`) and dropped by the pool.
             .test_before_acquire(false)
-            .acquire_timeout(config.acquire_timeout)
+            .acquire_timeout(config.acquire_timeout())
             .connect_with(options)
             .await
             .map_err(|e| PostgresError::Unreachable { host, port, reason: e.to_string() })?;
-        let group_commit = (config.max_appends_per_statement > 1)
-            .then(|| Arc::new(GroupCommit::start(pool.clone(), config.max_appends_per_statement, config.group_statements_in_flight)));
+        let group_commit = (config.max_appends_per_statement() > 1)
+            .then(|| Arc::new(GroupCommit::start(pool.clone(), config.max_appends_per_statement(), config.group_statements_in_flight())));
         Ok(Self { pool, group_commit })
     }
 
@@ -236,8 +272,10 @@ impl PostgresEventStore {
         self.group_commit.as_ref().map(|g| g.stats()).unwrap_or_default()
     }
 
-    /// The pool, for tests and tools.
-    pub fn pool(&self) -> &PgPool {
+    /// **Escape hatch**: the sqlx connection pool, for tests and tools that run their own SQL. Using
+    /// it ties your code to the sqlx version this crate depends on; everything else in this crate's
+    /// API is free of it.
+    pub fn raw_pool(&self) -> &PgPool {
         &self.pool
     }
 
@@ -260,6 +298,32 @@ impl PostgresEventStore {
     /// An expected-version mismatch inserts nothing; a reused event id fails the statement, and the
     /// caller then tells an identical retry from a real reuse.
     async fn try_append(&self, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        match Self::append_statement(&self.pool, request).await? {
+            Some(result) => Ok(result),
+            None => Err(self.conflict(request).await),
+        }
+    }
+
+    /// An append carrying deadline changes: the append's statement, then the changes in order, in one
+    /// transaction. The statement holds the shared append lock and the stream's row until the commit,
+    /// as it does alone; a version mismatch or a refused `Fire` rolls back everything.
+    async fn append_with_deadlines(&self, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let Some(result) = Self::append_statement(&mut *tx, request).await? else {
+            tx.rollback().await.map_err(map_err)?;
+            return Err(self.conflict(request).await);
+        };
+        for change in &request.deadlines {
+            // On an error `tx` is dropped, which rolls the append back.
+            apply_deadline_change(&mut tx, change).await?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(result)
+    }
+
+    /// The append statement of [`Self::try_append`] on `executor` (the pool, or a transaction);
+    /// `None` when the stream was not at the expected version (nothing was written).
+    async fn append_statement<'c>(executor: impl sqlx::PgExecutor<'c>, request: &AppendRequest) -> Result<Option<AppendResult>, EventStoreError> {
         let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
         let claim = match request.expected_version {
             ExpectedVersion::Any => {
@@ -311,7 +375,7 @@ impl PostgresEventStore {
             .bind(expected)
             .bind(request.inbox.as_ref().map(|m| m.consumer.as_str()))
             .bind(request.inbox.as_ref().map(|m| m.event_id.to_string()))
-            .fetch_one(&self.pool)
+            .fetch_one(executor)
             .await
             .map_err(|e| match (&request.inbox, unique_violation(&e)) {
                 (Some(mark), Some("inbox_pkey")) => EventStoreError::AlreadyProcessed { consumer: mark.consumer.clone(), event_id: mark.event_id },
@@ -321,15 +385,15 @@ impl PostgresEventStore {
         let new_version: Option<i64> = row.try_get("new_version").map_err(map_err)?;
         let first_position: Option<i64> = row.try_get("first_position").map_err(map_err)?;
         let (Some(new_version), Some(first_position)) = (new_version, first_position) else {
-            return Err(self.conflict(request).await);
+            return Ok(None);
         };
         let before = Version(to_u64(new_version - n));
-        Ok(AppendResult {
+        Ok(Some(AppendResult {
             first_version: before.next(),
             next_expected_version: Version(to_u64(new_version)),
             first_position: GlobalPosition(to_u64(first_position)),
             duplicate: false,
-        })
+        }))
     }
 
     /// The `ConcurrencyConflict` for `request`, with the stream's version as it is now.
@@ -342,6 +406,13 @@ impl PostgresEventStore {
 
     /// The append through the group writer when there is one, else on its own.
     async fn append_grouped_or_alone(&self, request: &Arc<AppendRequest>) -> Result<AppendResult, EventStoreError> {
+        // Deadline changes are applied in order, each depending on the ones before (schedule then
+        // cancel, a `Fire` that may refuse the append), which one group statement cannot express,
+        // and one append's `DeadlineNotPending` must not fail the others of its group: appends that
+        // carry deadline changes never join a group, they run in a transaction of their own.
+        if !request.deadlines.is_empty() {
+            return self.append_with_deadlines(request).await;
+        }
         let outcome = match &self.group_commit {
             Some(group) if request.events.len() <= MAX_GROUP_EVENTS => group.append(Arc::clone(request)).await,
             _ => Outcome::RunAlone(None),
@@ -513,5 +584,49 @@ impl EventStore for PostgresEventStore {
             )
             .await?;
         Ok(PruneReport::new(outbox_rows, inbox_marks))
+    }
+
+    async fn claim_due_deadlines(&self, consumer: &str, now: DateTime<Utc>, lease: Duration, limit: usize) -> Result<Vec<ClaimedDeadline>, EventStoreError> {
+        // One statement: the due rows are locked as they are chosen, skipping those another claimer
+        // holds locked right now, and updated by the same statement. `ARRAY(SELECT ...)` makes the
+        // choice run exactly once. `now` is the caller's clock, never the server's.
+        let rows = sqlx::query(&format!(
+            "UPDATE composable_rust.deadlines SET claimed_until = $4::text::timestamptz, claims = claims + 1 \
+             WHERE id = ANY(ARRAY( \
+               SELECT id FROM composable_rust.deadlines \
+               WHERE consumer = $1 AND due_at <= $2::text::timestamptz AND (claimed_until IS NULL OR claimed_until <= $2::text::timestamptz) \
+               ORDER BY due_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+             RETURNING {DEADLINE_COLUMNS}"
+        ))
+        .bind(consumer)
+        .bind(pg_time(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(pg_time(lease_end(now, lease)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut claimed: Vec<ClaimedDeadline> = rows.iter().map(deadline_from_row).collect::<Result<_, _>>()?;
+        // RETURNING gives no order: earliest due first, as chosen.
+        claimed.sort_by_key(|c| (c.deadline.due_at, c.deadline.id));
+        Ok(claimed)
+    }
+
+    async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError> {
+        sqlx::query("DELETE FROM composable_rust.deadlines WHERE id = $1::text::uuid").bind(id.to_string()).execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<StoredDeadline>, EventStoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEADLINE_COLUMNS} FROM composable_rust.deadlines WHERE consumer = $1 AND ($2::text IS NULL OR instance = $2) \
+             ORDER BY due_at, id LIMIT $3"
+        ))
+        .bind(consumer)
+        .bind(instance)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(|row| deadline_from_row(row).map(|c| c.deadline)).collect()
     }
 }

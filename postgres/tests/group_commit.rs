@@ -26,7 +26,7 @@ fn stream(prefix: &str) -> StreamId {
 async fn grouping_store() -> Option<PostgresEventStore> {
     let url = support::database_url()?;
     let mut config = PostgresConfig::new(url);
-    config.group_statements_in_flight = 1;
+    config = config.with_group_statements_in_flight(1);
     let store = PostgresEventStore::connect_with(config).await.expect("connect");
     store.migrate().await.expect("migrate");
     Some(store)

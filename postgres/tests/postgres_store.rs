@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use composable_rust_core::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, SerializedEvent, StreamId, Version};
 use composable_rust_postgres::{PostgresError, PostgresEventStore};
-use composable_rust_testing::conformance::event_store;
+use composable_rust_testing::conformance::{deadlines, event_store};
 use support::store;
 
 mod support;
@@ -26,6 +26,136 @@ async fn postgres_store_passes_the_conformance_suite() {
         async move { Arc::new(store) as Arc<dyn EventStore> }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_the_deadline_conformance_suite() {
+    let Some(store) = store().await else { return };
+    deadlines::run_all(|| {
+        let store = store.clone();
+        async move { Arc::new(store) as Arc<dyn EventStore> }
+    })
+    .await;
+}
+
+fn deadline(consumer: &str, instance: String) -> composable_rust_core::StoredDeadline {
+    composable_rust_core::StoredDeadline {
+        id: uuid::Uuid::new_v4(),
+        owner: composable_rust_core::DeadlineOwner::new(consumer, instance),
+        name: "payment".into(),
+        due_at: chrono::Utc::now() - chrono::Duration::hours(1),
+        payload: bytes::Bytes::from_static(b"timeout"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_claimed_by_one_of_two_stores_on_the_same_database() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use composable_rust_core::DeadlineChange;
+
+    // Two stores with pools of their own, as two processes would have them.
+    let (Some(a), Some(b)) = (store().await, store().await) else { return };
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let consumer = format!("saga.two-processes-{}", uuid::Uuid::new_v4().simple());
+    let lease = Duration::from_secs(30);
+    let mut all = HashSet::new();
+    let mut due = None;
+    for (n, store) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let changes: Vec<DeadlineChange> = (0..50)
+            .map(|i| {
+                let d = deadline(&consumer, format!("order-{n}-{i}"));
+                all.insert(d.id);
+                due = Some(due.map_or(d.due_at, |t: chrono::DateTime<chrono::Utc>| t.max(d.due_at)));
+                DeadlineChange::Schedule(d)
+            })
+            .collect();
+        store.append(AppendRequest::new(stream("steps"), ExpectedVersion::NoStream, vec![event(1)]).with_deadlines(changes)).await.unwrap();
+    }
+    let now = due.unwrap() + chrono::Duration::seconds(1);
+    assert_eq!(b.deadlines(&consumer, None, 1000).await.unwrap().len(), 200, "each store sees the other's deadlines");
+
+    let claimers: Vec<_> = (0..8)
+        .map(|k| {
+            let store = Arc::clone(if k % 2 == 0 { &a } else { &b });
+            let consumer = consumer.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_due_deadlines(&consumer, now, lease, 3).await.expect("claim");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.deadline.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for c in claimers {
+        seen.extend(c.await.unwrap());
+    }
+    let unique: HashSet<uuid::Uuid> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a deadline was claimed through both stores while the first claim held");
+    assert_eq!(unique, all, "every due deadline was claimed");
+    for store in [&a, &b] {
+        assert!(store.claim_due_deadlines(&consumer, now + chrono::Duration::seconds(29), lease, 1000).await.unwrap().is_empty(), "held");
+    }
+
+    // Firing is one decision across stores too: of two appends marking it fired, one wins.
+    let id = *all.iter().next().unwrap();
+    let firing = stream("firing");
+    let fire = |n: u32| AppendRequest::new(firing.clone(), ExpectedVersion::Any, vec![event(n)]).with_deadlines([DeadlineChange::Fire { id }]);
+    let (first, second) = tokio::join!(a.append(fire(1)), b.append(fire(2)));
+    let refused: Vec<_> = [first, second].into_iter().filter_map(Result::err).collect();
+    assert_eq!(refused.len(), 1, "exactly one firing is refused: {refused:?}");
+    assert!(matches!(refused[0], EventStoreError::DeadlineNotPending { id: r } if r == id), "{}", refused[0]);
+    assert_eq!(a.stream_version(&firing).await.unwrap(), Version(1), "the refused firing stored nothing");
+    let again = a.claim_due_deadlines(&consumer, now + chrono::Duration::seconds(30), lease, 1000).await.unwrap();
+    assert_eq!(again.len(), 200, "claimable again once the lease ended");
+    assert!(again.iter().all(|c| c.claims == 2 && c.fired == (c.deadline.id == id)), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_firing_fails_only_its_own_append_among_concurrent_ones() {
+    use composable_rust_core::DeadlineChange;
+
+    let Some(store) = store().await else { return };
+    let store = Arc::new(store);
+    let consumer = format!("saga.concurrent-{}", uuid::Uuid::new_v4().simple());
+    let scheduled = deadline(&consumer, "order-1".into());
+    store
+        .append(AppendRequest::new(stream("schedule"), ExpectedVersion::NoStream, vec![event(0)]).with_deadlines([DeadlineChange::Schedule(scheduled.clone())]))
+        .await
+        .unwrap();
+    // Plain appends (group commit combines them) at the same time as appends whose `Fire` is
+    // refused (an unknown deadline) and one whose `Fire` is accepted.
+    let tasks: Vec<_> = (0..48u32)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let fire = match i % 4 {
+                0 => Some(uuid::Uuid::new_v4()),
+                1 if i == 1 => Some(scheduled.id),
+                _ => None,
+            };
+            tokio::spawn(async move {
+                let request =
+                    AppendRequest::new(stream("burst"), ExpectedVersion::NoStream, vec![event(i)]).with_deadlines(fire.map(|id| DeadlineChange::Fire { id }));
+                (fire, store.append(request).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (fire, result) = t.await.unwrap();
+        match fire {
+            Some(id) if id != scheduled.id => assert!(matches!(result, Err(EventStoreError::DeadlineNotPending { id: r }) if r == id), "{result:?}"),
+            _ => assert!(result.is_ok(), "{result:?}"),
+        }
+    }
+    let claimed = store.claim_due_deadlines(&consumer, chrono::Utc::now(), std::time::Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].fired, "the accepted firing was stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +203,7 @@ async fn a_reader_during_concurrent_appends_sees_every_event_once_in_order() {
     let Some(store) = store().await else { return };
     let store = Arc::new(store);
     // From the current end: the database may hold other tests' (or a user's) events.
-    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(store.pool()).await.unwrap();
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(store.raw_pool()).await.unwrap();
     let start = GlobalPosition(u64::try_from(head).unwrap());
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let writers: Vec<_> = (0..8u32)
@@ -114,7 +244,7 @@ async fn a_reader_during_concurrent_appends_sees_every_event_once_in_order() {
 async fn private_store() -> Option<PostgresEventStore> {
     let shared = store().await?;
     let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.pool()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.raw_pool()).await.unwrap();
     let url = support::database_url().unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
     let store = PostgresEventStore::connect(&format!("{base}/{name}")).await.unwrap();
@@ -129,7 +259,7 @@ async fn a_corrupt_stored_row_is_a_typed_error_and_nothing_else_changes() {
     store.append(AppendRequest::new(s.clone(), ExpectedVersion::NoStream, vec![event(1)])).await.unwrap();
     sqlx::query("UPDATE composable_rust.events SET metadata = '{\"unexpected\": true}' WHERE stream_id = $1")
         .bind(s.as_str())
-        .execute(store.pool())
+        .execute(store.raw_pool())
         .await
         .unwrap();
     let err = store.read_stream(&s, Version(1), 10).await.unwrap_err();
@@ -143,7 +273,7 @@ async fn bad_urls_and_unreachable_servers_are_explained() {
     assert!(matches!(err, PostgresError::InvalidUrl { .. }), "{err}");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = composable_rust_postgres::PostgresConfig::new(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
-    config.acquire_timeout = std::time::Duration::from_secs(2);
+    config = config.with_acquire_timeout(std::time::Duration::from_secs(2));
     let err = PostgresEventStore::connect_with(config).await.unwrap_err();
     assert!(matches!(err, PostgresError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"), "{err}");
@@ -153,7 +283,7 @@ async fn bad_urls_and_unreachable_servers_are_explained() {
 async fn a_store_used_before_migrate_says_so_and_keeps_the_sqlx_error() {
     let Some(shared) = store().await else { return };
     let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.pool()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(shared.raw_pool()).await.unwrap();
     let url = support::database_url().unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
     let unmigrated = PostgresEventStore::connect(&format!("{base}/{name}")).await.unwrap();
@@ -164,6 +294,6 @@ async fn a_store_used_before_migrate_says_so_and_keeps_the_sqlx_error() {
     let sqlx_error = err.cause().and_then(|c| c.downcast_ref::<sqlx::Error>()).expect("the sqlx error is kept");
     assert!(matches!(sqlx_error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01")), "{sqlx_error:?}");
     assert!(std::error::Error::source(&err).is_some(), "the cause is the error's source");
-    unmigrated.pool().close().await;
-    sqlx::query(&format!("DROP DATABASE {name}")).execute(shared.pool()).await.unwrap();
+    unmigrated.raw_pool().close().await;
+    sqlx::query(&format!("DROP DATABASE {name}")).execute(shared.raw_pool()).await.unwrap();
 }

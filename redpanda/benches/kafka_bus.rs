@@ -13,7 +13,7 @@ mod support;
 use std::time::Instant;
 
 use composable_rust_core::{EventBus, SerializedEvent, StreamId, SubscribeOptions, Version};
-use composable_rust_redpanda::{OffsetReset, RedpandaEventBus};
+use composable_rust_redpanda::{OffsetReset, RedpandaConfig, RedpandaEventBus};
 use futures::StreamExt;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -68,7 +68,7 @@ async fn consume_bus(bus: &RedpandaEventBus, topic: &str, n: usize) -> f64 {
 
 async fn consume_raw(bus: &RedpandaEventBus, topic: &str, n: usize) -> f64 {
     let group = support::unique_topic("bench-raw");
-    let consumer: StreamConsumer = bus.config().consumer_config(&group, OffsetReset::Earliest).create().unwrap();
+    let consumer: StreamConsumer = bus.config().raw_consumer_config(&group, OffsetReset::Earliest).create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let first = consumer.recv().await.unwrap();
     let start = Instant::now();
@@ -91,8 +91,8 @@ fn main() {
     let inflight: usize = std::env::var("KAFKA_BENCH_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let bus = RedpandaEventBus::new(&brokers).await.unwrap();
-        let raw: FutureProducer = bus.config().producer_config().create().unwrap();
+        let bus = RedpandaEventBus::connect_with(RedpandaConfig::new(&brokers)).await.unwrap();
+        let raw: FutureProducer = bus.config().raw_producer_config().create().unwrap();
         let events = events(n);
         let (t_bus, t_raw) = (support::unique_topic("bench-pub-bus"), support::unique_topic("bench-pub-raw"));
         bus.create_topic(&t_bus, 3, 1).await.unwrap();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use composable_rust_core::dead_letter::DeadLetterSink;
 use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{ConsumerGroup, EventBus, EventBusError, EventStream, SerializedEvent, SubscribeOptions, Topic, TopicPattern, event_headers};
@@ -20,98 +21,8 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::Instrument;
 
-use crate::config::{OffsetReset, RedpandaConfig, RedpandaError, TopicSpec};
+use crate::config::{OffsetReset, RedpandaConfig, RedpandaError};
 use crate::consumer::{MemberConsumer, MemberContext, MemberState, member_stream};
-use crate::dead_letters::{DeadLetter, DeadLetters};
-
-/// Builder of a [`RedpandaEventBus`]; every setting has a default (see [`RedpandaConfig::new`]).
-#[derive(Debug, Clone)]
-pub struct RedpandaBuilder {
-    config: RedpandaConfig,
-}
-
-impl RedpandaBuilder {
-    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT...]`.
-    #[must_use]
-    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
-        self.config.brokers = brokers.into();
-        self
-    }
-    /// Producer acknowledgements.
-    #[must_use]
-    pub fn acks(mut self, acks: crate::Acks) -> Self {
-        self.config.acks = acks;
-        self
-    }
-    /// Producer compression.
-    #[must_use]
-    pub fn compression(mut self, compression: crate::Compression) -> Self {
-        self.config.compression = compression;
-        self
-    }
-    /// Idempotent production (on by default).
-    #[must_use]
-    pub fn idempotent(mut self, on: bool) -> Self {
-        self.config.idempotent = on;
-        self
-    }
-    /// The consumer group of [`EventBus::subscribe`].
-    #[must_use]
-    pub fn consumer_group(mut self, group: impl Into<String>) -> Self {
-        self.config.group_id = Some(group.into());
-        self
-    }
-    /// Where a new consumer group starts.
-    #[must_use]
-    pub fn auto_offset_reset(mut self, reset: OffsetReset) -> Self {
-        self.config.auto_offset_reset = reset;
-        self
-    }
-    /// Messages the producer may buffer.
-    #[must_use]
-    pub fn buffer_size(mut self, messages: usize) -> Self {
-        self.config.buffer_size = messages;
-        self
-    }
-    /// Upper bound of one publish, retries included.
-    #[must_use]
-    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
-        self.config.delivery_timeout = timeout;
-        self
-    }
-    /// How long a silent group member keeps its partitions.
-    #[must_use]
-    pub fn session_timeout(mut self, timeout: Duration) -> Self {
-        self.config.session_timeout = timeout;
-        self
-    }
-    /// Upper bound of connecting, topic creation and start-offset lookups.
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.config.request_timeout = timeout;
-        self
-    }
-    /// Topic creation on first use; `None` expects topics to exist.
-    #[must_use]
-    pub fn auto_create_topics(mut self, spec: Option<TopicSpec>) -> Self {
-        self.config.auto_create_topics = spec;
-        self
-    }
-    /// A librdkafka property passed through to producer and consumers.
-    #[must_use]
-    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.properties.insert(key.into(), value.into());
-        self
-    }
-    /// The settings so far.
-    pub fn config(&self) -> &RedpandaConfig {
-        &self.config
-    }
-    /// Connects (checks that a broker answers).
-    pub async fn build(self) -> Result<RedpandaEventBus, RedpandaError> {
-        RedpandaEventBus::connect_with(self.config).await
-    }
-}
 
 /// The Redpanda/Kafka event bus. Clones share the producer.
 #[derive(Clone)]
@@ -120,12 +31,11 @@ pub struct RedpandaEventBus {
     admin: Arc<AdminClient<DefaultClientContext>>,
     config: Arc<RedpandaConfig>,
     known_topics: Arc<Mutex<HashSet<String>>>,
-    dead_letters: DeadLetters,
 }
 
 impl std::fmt::Debug for RedpandaEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedpandaEventBus").field("brokers", &self.config.brokers).finish_non_exhaustive()
+        f.debug_struct("RedpandaEventBus").field("brokers", &self.config.brokers()).finish_non_exhaustive()
     }
 }
 
@@ -166,30 +76,27 @@ fn is_retryable(e: &KafkaError) -> bool {
 }
 
 impl RedpandaEventBus {
-    /// A builder with the defaults of [`RedpandaConfig::new`] and no brokers yet.
-    pub fn builder() -> RedpandaBuilder {
-        RedpandaBuilder { config: RedpandaConfig::new("") }
-    }
-
-    /// Connects to `brokers` with the default settings.
-    pub async fn new(brokers: &str) -> Result<Self, RedpandaError> {
-        Self::connect_with(RedpandaConfig::new(brokers)).await
+    /// Connects to the brokers a composable-rust Kafka URL names
+    /// (`redpanda://HOST:PORT[,HOST:PORT...][?KEY=VALUE&...]` or `kafka://...`, see
+    /// [`RedpandaConfig::from_url`]) with default settings.
+    pub async fn connect(url: &str) -> Result<Self, RedpandaError> {
+        Self::connect_with(RedpandaConfig::from_url(url)?).await
     }
 
     /// Connects with `config`: creates the producer and admin client and checks that a broker answers.
     pub async fn connect_with(config: RedpandaConfig) -> Result<Self, RedpandaError> {
         config.validate()?;
-        let producer: FutureProducer = config.producer_config().create().map_err(client_error)?;
-        let admin: AdminClient<DefaultClientContext> = config.producer_config().create().map_err(client_error)?;
+        let producer: FutureProducer = config.raw_producer_config().create().map_err(client_error)?;
+        let admin: AdminClient<DefaultClientContext> = config.raw_producer_config().create().map_err(client_error)?;
         let probe = producer.clone();
-        let timeout = config.request_timeout;
+        let timeout = config.request_timeout();
+        let unreachable = |source: BusCause| RedpandaError::Unreachable { brokers: config.brokers().to_owned(), source };
         let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
             .await
-            .map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), source: BusCause::new(e) })?;
-        let brokers = metadata.map_err(|e| RedpandaError::Unreachable { brokers: config.brokers.clone(), source: BusCause::new(e) })?;
-        tracing::debug!(bootstrap = %config.brokers, brokers, "connected to kafka");
-        let dead_letters = DeadLetters::new(config.dead_letter_capacity);
-        Ok(Self { producer, admin: Arc::new(admin), config: Arc::new(config), known_topics: Arc::default(), dead_letters })
+            .map_err(|e| unreachable(BusCause::new(e)))?;
+        let brokers = metadata.map_err(|e| unreachable(BusCause::new(e)))?;
+        tracing::debug!(bootstrap = %config.brokers(), brokers, "connected to kafka");
+        Ok(Self { producer, admin: Arc::new(admin), config: Arc::new(config), known_topics: Arc::default() })
     }
 
     /// The settings in use.
@@ -197,20 +104,15 @@ impl RedpandaEventBus {
         &self.config
     }
 
-    /// The latest messages acknowledged past without delivery (undecodable), oldest first: at most
-    /// [`RedpandaConfig::dead_letter_capacity`]; older ones are dropped from memory but counted in
-    /// [`RedpandaEventBus::dead_letters_total`].
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.dead_letters.snapshot()
+    /// Where this bus records the messages it acknowledged past without delivering them
+    /// (undecodable): [`RedpandaConfig::with_dead_letters`], a bounded in-memory record by default.
+    pub fn dead_letter_sink(&self) -> &Arc<dyn DeadLetterSink> {
+        self.config.dead_letter_sink()
     }
 
-    /// How many messages this bus dead-lettered in all, including those no longer kept.
-    pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters.total()
-    }
-
-    /// The underlying producer (for raw access).
-    pub fn producer(&self) -> &FutureProducer {
+    /// **Escape hatch**: the underlying rdkafka producer (for raw access). Using it ties your code to
+    /// the rdkafka version this crate depends on; everything else in this crate's API is free of it.
+    pub fn raw_producer(&self) -> &FutureProducer {
         &self.producer
     }
 
@@ -220,8 +122,8 @@ impl RedpandaEventBus {
         Topic::new(topic).map_err(|e| err(BusCause::new(e)))?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
         let options = AdminOptions::new()
-            .operation_timeout(Some(Timeout::After(self.config.request_timeout)))
-            .request_timeout(Some(Timeout::After(self.config.request_timeout)));
+            .operation_timeout(Some(Timeout::After(self.config.request_timeout())))
+            .request_timeout(Some(Timeout::After(self.config.request_timeout())));
         let results = self.admin.create_topics([&new], &options).await.map_err(|e| err(BusCause::new(e)))?;
         for result in results {
             match result {
@@ -234,7 +136,7 @@ impl RedpandaEventBus {
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<(), EventBusError> {
-        let Some(spec) = self.config.auto_create_topics else { return Ok(()) };
+        let Some(spec) = self.config.auto_create_topics() else { return Ok(()) };
         if self.known_topics.lock().contains(topic) {
             return Ok(());
         }
@@ -245,7 +147,7 @@ impl RedpandaEventBus {
         let state = Arc::new(MemberState::new(group.to_owned()));
         let consumer: MemberConsumer = self
             .config
-            .consumer_config(group, reset)
+            .raw_consumer_config(group, reset)
             .create_with_context(MemberContext { state: Arc::clone(&state) })
             .map_err(|e| BusCause::context(format!("cannot create a consumer in group {group}"), e))?;
         Ok((Arc::new(consumer), state))
@@ -296,7 +198,7 @@ impl EventBus for RedpandaEventBus {
             // order. Events with no stream share the topic's key, so they keep their order too.
             let key = event.stream_id.as_ref().map_or(topic.as_str(), composable_rust_core::StreamId::as_str);
             let record = FutureRecord::to(topic.as_str()).key(key).payload(&event.data[..]).headers(headers);
-            match self.producer.send(record, Timeout::After(self.config.delivery_timeout)).await {
+            match self.producer.send(record, Timeout::After(self.config.delivery_timeout())).await {
                 Ok(_) => Ok(()),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "kafka publish failed");
@@ -310,7 +212,7 @@ impl EventBus for RedpandaEventBus {
     }
 
     async fn subscribe(&self, topics: &[&str]) -> Result<EventStream, EventBusError> {
-        let options = self.config.group_id.as_ref().map_or_else(|| SubscribeOptions::for_topics(topics), SubscribeOptions::group);
+        let options = self.config.consumer_group().map_or_else(|| SubscribeOptions::for_topics(topics), SubscribeOptions::group);
         self.subscribe_with(topics, options).await
     }
 
@@ -326,16 +228,16 @@ impl EventBus for RedpandaEventBus {
                 ConsumerGroup::Named(name) => (name.clone(), false),
                 ConsumerGroup::Exclusive => (format!("composable-rust-exclusive-{}", uuid::Uuid::new_v4().simple()), true),
             };
-            let reset = if exclusive { OffsetReset::Earliest } else { self.config.auto_offset_reset };
+            let reset = if exclusive { OffsetReset::Earliest } else { self.config.auto_offset_reset() };
             let (consumer, state) = self.member(&group, reset).map_err(failed)?;
             if exclusive {
-                Self::start_at_end(&consumer, &patterns, self.config.request_timeout).await.map_err(failed)?;
+                Self::start_at_end(&consumer, &patterns, self.config.request_timeout()).await.map_err(failed)?;
             }
             let subscriptions: Vec<String> = patterns.iter().map(|p| if p.is_exact() { p.as_str().to_owned() } else { topic_regex(p) }).collect();
             let refs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
             consumer.subscribe(&refs).map_err(|e| failed(BusCause::context(format!("cannot subscribe to {subscriptions:?}"), e)))?;
             tracing::debug!(%group, ?subscriptions, "kafka consumer subscribed");
-            Ok(member_stream(consumer, state, self.dead_letters.clone()))
+            Ok(member_stream(consumer, state, Arc::clone(self.config.dead_letter_sink())))
         }
         .instrument(span)
         .await

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use composable_rust_core::dead_letter::{DeadLetter, DeadLetterSink};
 use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::{BusMessage, Delivery, DeliveryAck, EventBusError, Topic, event_headers};
 use futures::future::BoxFuture;
@@ -15,7 +16,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::offsets::{OffsetTracker, PartitionKey};
 
 /// Namespace of the ids given to messages that carry no `cr-event-id` (v5 of topic/partition/offset),
@@ -126,7 +126,11 @@ fn decode(message: &BorrowedMessage<'_>) -> Result<Arc<BusMessage>, EventBusErro
 }
 
 /// The member's stream of deliveries.
-pub(crate) fn member_stream(consumer: Arc<MemberConsumer>, state: Arc<MemberState>, dead_letters: DeadLetters) -> composable_rust_core::EventStream {
+pub(crate) fn member_stream(
+    consumer: Arc<MemberConsumer>,
+    state: Arc<MemberState>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+) -> composable_rust_core::EventStream {
     futures::stream::unfold((consumer, state, dead_letters), |(consumer, state, dead_letters)| async move {
         let item = next_item(&consumer, &state, &dead_letters).await;
         Some((item, (consumer, state, dead_letters)))
@@ -134,7 +138,7 @@ pub(crate) fn member_stream(consumer: Arc<MemberConsumer>, state: Arc<MemberStat
     .boxed()
 }
 
-async fn next_item(consumer: &Arc<MemberConsumer>, state: &Arc<MemberState>, dead_letters: &DeadLetters) -> Result<Delivery, EventBusError> {
+async fn next_item(consumer: &Arc<MemberConsumer>, state: &Arc<MemberState>, dead_letters: &Arc<dyn DeadLetterSink>) -> Result<Delivery, EventBusError> {
     loop {
         let redelivery = state.redeliveries.lock().pop_front();
         if let Some((message, attempt, position)) = redelivery {
@@ -171,7 +175,8 @@ async fn next_item(consumer: &Arc<MemberConsumer>, state: &Arc<MemberState>, dea
             Err(e) => {
                 // Acknowledged past: it would fail the same way every time it came back.
                 tracing::warn!(topic = %position.topic, partition = position.partition, offset = position.offset, error = %e, "undecodable kafka message dead-lettered");
-                dead_letters.push(DeadLetter { topic: position.topic.clone(), partition: position.partition, offset: position.offset, reason: e.to_string() });
+                let what = format!("kafka message {}/{}@{}", position.topic, position.partition, position.offset);
+                dead_letters.record(DeadLetter::now(what, e.to_string(), 1, None));
                 store(consumer, state, &position)?;
                 return Err(e);
             }

@@ -38,12 +38,13 @@ impl RedpandaContainer {
         Ok(Self { container, brokers: format!("127.0.0.1:{port}") })
     }
 
-    /// The bootstrap address, for `RedpandaEventBus::new` or `KAFKA_BROKERS`.
+    /// The bootstrap address, for `RedpandaConfig::new` or `KAFKA_BROKERS`.
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
 
-    /// The container handle.
+    /// The container handle. The whole module is behind the `testcontainers` feature: its
+    /// testcontainers types are that feature's opt-in escape hatch.
     pub fn container(&self) -> &ContainerAsync<GenericImage> {
         &self.container
     }

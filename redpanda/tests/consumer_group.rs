@@ -82,7 +82,7 @@ async fn child_member() {
 /// A bus on librdkafka's mock cluster, which has no CreateTopics: the test makes its topics.
 async fn mock_member_bus(brokers: &str) -> RedpandaEventBus {
     let mut config = support::config(brokers);
-    config.auto_create_topics = None;
+    config = config.with_auto_create_topics(None);
     RedpandaEventBus::connect_with(config).await.expect("connect to the mock cluster")
 }
 

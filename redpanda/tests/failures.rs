@@ -4,9 +4,10 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use composable_rust_core::{EventBus, EventBusError, EventStream, SerializedEvent, StreamId, SubscribeOptions, Version};
+use composable_rust_core::{EventBus, EventBusError, EventStream, InMemoryDeadLetters, SerializedEvent, StreamId, SubscribeOptions, Version};
 use composable_rust_redpanda::{RedpandaConfig, RedpandaError, RedpandaEventBus};
 use futures::StreamExt;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -30,8 +31,8 @@ fn label(d: &composable_rust_core::Delivery) -> String {
 /// A bus on a mock cluster: topics are made with the mock API (it has no CreateTopics).
 async fn mock_bus(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> RedpandaEventBus {
     let mut config = support::config(&mock.bootstrap_servers());
-    config.auto_create_topics = None;
-    config.delivery_timeout = Duration::from_secs(3);
+    config = config.with_auto_create_topics(None);
+    config = config.with_delivery_timeout(Duration::from_secs(3));
     RedpandaEventBus::connect_with(config).await.expect("connect to the mock cluster")
 }
 
@@ -120,12 +121,16 @@ async fn consumption_goes_on_when_the_group_coordinator_moves() {
 #[tokio::test]
 async fn bad_broker_lists_and_absent_brokers_are_explained() {
     for bad in ["", "kafka://localhost:9092", "localhost"] {
-        let err = RedpandaEventBus::new(bad).await.unwrap_err();
+        let err = RedpandaEventBus::connect_with(RedpandaConfig::new(bad)).await.unwrap_err();
         assert!(matches!(err, RedpandaError::InvalidBrokers { .. }), "{bad:?}: {err}");
+    }
+    for bad in ["", "localhost:9092", "kafka://localhost", "kafka://h:1?linger.ms"] {
+        let err = RedpandaEventBus::connect(bad).await.unwrap_err();
+        assert!(matches!(err, RedpandaError::InvalidUrl(_)), "{bad:?}: {err}");
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut config = RedpandaConfig::new(format!("127.0.0.1:{port}"));
-    config.request_timeout = Duration::from_secs(2);
+    config = config.with_request_timeout(Duration::from_secs(2));
     let err = RedpandaEventBus::connect_with(config).await.unwrap_err();
     assert!(matches!(err, RedpandaError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("check that Redpanda/Kafka is running"), "{err}");
@@ -135,11 +140,12 @@ async fn bad_broker_lists_and_absent_brokers_are_explained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_from_other_producers_are_dead_lettered_or_given_a_stable_id() {
     let Some((_broker, brokers)) = broker() else { return };
-    let bus = support::bus(&brokers).await;
+    let dead_letters = Arc::new(InMemoryDeadLetters::default());
+    let bus = RedpandaEventBus::connect_with(support::config(&brokers).with_dead_letters(dead_letters.clone())).await.unwrap();
     let topic = unique_topic("foreign");
     bus.create_topic(&topic, 1, 1).await.unwrap();
     let mut s = bus.subscribe_with(&[&topic], SubscribeOptions::group(unique_topic("g"))).await.unwrap();
-    let raw = bus.producer();
+    let raw = bus.raw_producer();
     raw.send(FutureRecord::<str, _>::to(&topic).payload("no headers at all"), Timeout::Never).await.unwrap();
     let typed = OwnedHeaders::new().insert(Header { key: "cr-event-type", value: Some("Foreign.v1") });
     raw.send(FutureRecord::<str, _>::to(&topic).payload("typed").headers(typed), Timeout::Never).await.unwrap();
@@ -156,9 +162,10 @@ async fn messages_from_other_producers_are_dead_lettered_or_given_a_stable_id() 
     assert_eq!(label(&ours), "o-9#1");
     ours.ack().await.unwrap();
 
-    let letters = bus.dead_letters();
-    assert_eq!(letters.len(), 1);
-    assert_eq!((letters[0].topic.as_str(), letters[0].offset), (topic.as_str(), 0));
+    let letters = dead_letters.letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].what, format!("kafka message {topic}/0@0"));
+    assert!(letters[0].error.contains("no cr-event-type header"), "{letters:?}");
 
     // Another group reads the same foreign message: its derived id is the same.
     let mut again = bus.subscribe_with(&[&topic], SubscribeOptions::group(unique_topic("g2"))).await.unwrap();

@@ -34,8 +34,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use composable_rust_core::{
-    Append, AppendRequest, AppendResult, Callback, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId, EffectPath, EventBus,
-    EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic, Version,
+    Append, AppendRequest, AppendResult, Callback, CancelInFlight, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId,
+    EffectPath, EventBus, EventBusError, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, OutboxIntent, Publish, SerializedEvent, StreamId, Topic,
+    Version,
 };
 use futures::FutureExt;
 use futures::future::{AbortRegistration, Abortable, BoxFuture};
@@ -76,6 +77,7 @@ pub struct ExecutionScope {
     cancel_scope: Option<Arc<str>>,
     detach: Option<Tracker>,
     caller_retries: bool,
+    deadlines_recorded: bool,
 }
 
 /// Namespaces of the ids derived from a cause (UUID v5), one per kind of id.
@@ -117,6 +119,15 @@ impl ExecutionScope {
     #[must_use]
     pub fn caller_retries(mut self) -> Self {
         self.caller_retries = true;
+        self
+    }
+
+    /// The caller stored the run's deadline decisions itself (a saga runner, with the step's
+    /// record): the executor leaves `Deadline` and `CancelDeadline` effects alone instead of
+    /// starting in-process timers for them.
+    #[must_use]
+    pub fn deadlines_recorded(mut self) -> Self {
+        self.deadlines_recorded = true;
         self
     }
 
@@ -521,12 +532,16 @@ impl Executor {
         feedback: &'a Feedback<A>,
         scope: &'a ExecutionScope,
     ) -> impl Future<Output = Result<RunReport, EffectFailure>> + Send + 'a {
+        let mut effects = effects;
         let state = RunState::new(self);
+        let timers = self.start_timers(&mut effects, scope, &state);
         if let Some(first) = effects.first() {
             self.preregister(first, scope, &EffectPath::root().child(0), &state, None);
         }
         async move {
-            self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state).await?;
+            let main = self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state);
+            let result = self.with_timers(main, timers, feedback, scope, &state).await;
+            result?;
             let p = state.last_position.load(Ordering::Relaxed);
             Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
         }
@@ -540,17 +555,100 @@ impl Executor {
         feedback: Feedback<A>,
         scope: ExecutionScope,
     ) -> BoxFuture<'static, Result<RunReport, EffectFailure>> {
+        let mut effects = effects;
         let state = RunState::new(self);
+        let timers = self.start_timers(&mut effects, &scope, &state);
         if let Some(first) = effects.first() {
             self.preregister(first, &scope, &EffectPath::root().child(0), &state, None);
         }
         let executor = self.clone();
         async move {
-            executor.run_sequence(effects, &feedback, &scope, EffectPath::root(), 0, &state).await?;
+            let main = executor.run_sequence(effects, &feedback, &scope, EffectPath::root(), 0, &state);
+            executor.with_timers(main, timers, &feedback, &scope, &state).await?;
             let p = state.last_position.load(Ordering::Relaxed);
             Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
         }
         .boxed()
+    }
+
+    /// Takes the run's deadline decisions out of `effects` (leaving `Effect::None` in their place)
+    /// and, unless the caller recorded them, turns them into in-process timers: a cancellation
+    /// cancels the timer of that name now; a schedule becomes a delay, cancellable by the name and
+    /// registered now, replacing a running timer of the same name. The decisions take effect before
+    /// any other effect runs, as under the saga runner (see `composable_rust_core::deadline`).
+    fn start_timers<A: Send + 'static>(&self, effects: &mut [Effect<A>], scope: &ExecutionScope, state: &RunState) -> Vec<(EffectPath, Effect<A>)> {
+        if scope.deadlines_recorded || !composable_rust_core::deadline::any(effects) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        take_deadlines(effects, &EffectPath::root(), &mut taken);
+        // Net per name, in the order names were first decided: the last decision wins.
+        let mut net: Vec<(EffectPath, Effect<A>)> = Vec::new();
+        for (path, decision) in taken {
+            let name = deadline_name(&decision);
+            match net.iter().position(|(_, d)| deadline_name(d) == name) {
+                Some(k) => net[k] = (path, decision),
+                None => net.push((path, decision)),
+            }
+        }
+        let now = self.shared.clock.now();
+        let mut timers = Vec::new();
+        for (path, decision) in net {
+            match decision {
+                Effect::CancelDeadline(name) => {
+                    let id = scope.scoped(timer_id(&name));
+                    let n = self.shared.cancellations.cancel(&id);
+                    tracing::debug!(deadline = %name, cancelled = n, "deadline cancelled");
+                }
+                Effect::Deadline(d) => {
+                    let timer = Effect::Cancellable {
+                        id: timer_id(&d.name),
+                        in_flight: CancelInFlight::Cancel,
+                        effect: Box::new(Effect::Delay { duration: d.due.remaining(now), action: Box::new(d.action) }),
+                    };
+                    self.preregister(&timer, scope, &path, state, None);
+                    timers.push((path, timer));
+                }
+                _ => {}
+            }
+        }
+        timers
+    }
+
+    /// Runs `main` with the run's timers beside it; the run ends when both did, with `main`'s result.
+    /// When the scope detaches waiting effects, the timers run detached instead.
+    async fn with_timers<A: Send + 'static>(
+        &self,
+        main: impl Future<Output = Result<(), EffectFailure>>,
+        timers: Vec<(EffectPath, Effect<A>)>,
+        feedback: &Feedback<A>,
+        scope: &ExecutionScope,
+        state: &RunState,
+    ) -> Result<(), EffectFailure> {
+        if timers.is_empty() {
+            return main.await;
+        }
+        if let Some(tracker) = &scope.detach {
+            for (path, timer) in timers {
+                let guard = tracker.enter();
+                let (executor, feedback, scope) = (self.clone(), Arc::clone(feedback), scope.clone());
+                // The timer's registration moves to the task's own run state.
+                let own = RunState::new(self);
+                self.preregister(&timer, &scope, &path, &own, Some(state));
+                let state = own;
+                tokio::spawn(
+                    async move {
+                        let _ = executor.run_one(timer, &feedback, &scope, path, &state).await;
+                        drop(guard);
+                    }
+                    .in_current_span(),
+                );
+            }
+            return main.await;
+        }
+        let timers = futures::future::join_all(timers.into_iter().map(|(path, timer)| self.run_one(timer, feedback, scope, path, state)));
+        let (result, _) = futures::future::join(main, timers).await;
+        result
     }
 
     /// Registers the cancellable effects that start as soon as `effect` (at `path`) starts: itself if
@@ -703,7 +801,9 @@ impl Executor {
     ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         async move {
             match effect {
-                Effect::None => Ok(()),
+                // Deadlines are taken out by `start_timers`, unless the caller recorded them: nothing
+                // to do here either way.
+                Effect::None | Effect::Deadline(_) | Effect::CancelDeadline(_) => Ok(()),
                 Effect::Append(append) => self.append(append, feedback, scope, &path, state).await,
                 Effect::Publish(publish) => self.publish_notification(publish, feedback, scope, &path).await,
                 Effect::Dispatch(dispatch) => self.dispatch(dispatch, feedback, scope, &path).await,
@@ -807,7 +907,7 @@ impl Executor {
         }
         let outbox: Vec<OutboxIntent> =
             events.iter().flat_map(|e| publish_to.iter().map(|t| OutboxIntent { topic: t.clone(), event_id: e.event_id })).collect();
-        let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None };
+        let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None, deadlines: Vec::new() };
         let what = || format!("append to {}", request.stream_id);
         let (outcome, attempts) = self.with_retry(&what, || store.append(request.clone())).await;
         self.observe(|| EffectRecord::Append {
@@ -955,6 +1055,33 @@ impl Executor {
                 self.feed("dispatch", on_error, e.clone(), path, feedback);
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// The cancellation id of the in-process timer of deadline `name` (scoped like any id).
+fn timer_id(name: &str) -> EffectId {
+    EffectId::from(format!("deadline\u{0}{name}"))
+}
+
+fn deadline_name<A>(decision: &Effect<A>) -> &str {
+    match decision {
+        Effect::Deadline(d) => &d.name,
+        Effect::CancelDeadline(name) => name,
+        _ => "",
+    }
+}
+
+/// Moves every `Deadline` / `CancelDeadline` of the tree into `out` (depth first, in tree order),
+/// with its path, leaving `Effect::None` behind.
+fn take_deadlines<A>(effects: &mut [Effect<A>], base: &EffectPath, out: &mut Vec<(EffectPath, Effect<A>)>) {
+    for (k, effect) in effects.iter_mut().enumerate() {
+        let path = base.child(k);
+        match effect {
+            Effect::Deadline(_) | Effect::CancelDeadline(_) => out.push((path, std::mem::replace(effect, Effect::None))),
+            Effect::Parallel(inner) | Effect::Sequential(inner) => take_deadlines(inner, &path, out),
+            Effect::Cancellable { effect, .. } => take_deadlines(std::slice::from_mut(effect.as_mut()), &path, out),
+            _ => {}
         }
     }
 }

@@ -38,11 +38,14 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use composable_rust_core::deadline::{self, Decision};
 use composable_rust_core::event_store::read_stream_to_end;
 use composable_rust_core::{
-    AppendRequest, CodecError, Effect, EffectPath, EventBusError, EventMetadata, EventStore, EventStoreError, ExpectedVersion, Saga, SerializedEvent, StreamId,
-    StreamIdError, SubscribeOptions, Version, decode_payload, encode_payload,
+    AppendRequest, ClaimedDeadline, CodecError, DeadlineChange, DeadlineOwner, Effect, EffectPath, EventBusError, EventFilter, EventMetadata, EventStore,
+    EventStoreError, ExpectedVersion, ReadModelError, ReadModelStore, Saga, SerializedEvent, StoredDeadline, StreamId, StreamIdError, SubscribeOptions,
+    Version, decode_payload, encode_payload,
 };
 use futures::FutureExt;
 use futures::StreamExt;
@@ -55,7 +58,12 @@ use uuid::Uuid;
 
 use crate::dead_letter::dead_letter;
 use crate::executor::{EffectFailure, ExecutionScope, Executor, Feedback, panic_message};
+use crate::subscription::StoreSubscription;
 use crate::tracker::Tracker;
+
+fn feed_filter(feed: &StoreSubscription) -> EventFilter {
+    feed.filter().clone()
+}
 
 /// Namespace for step ids (UUID v5), so that the same event gives the same step id in every process.
 const SAGA_STEP_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_4a3e_8f7b_4c59_9d0e_52b1_0c7e_a001);
@@ -188,6 +196,7 @@ pub struct SagaStats {
     redelivery_requests: AtomicU64,
     dead_lettered: AtomicU64,
     lagged_events: AtomicU64,
+    deadlines_fired: AtomicU64,
 }
 
 /// A snapshot of [`SagaStats`].
@@ -205,6 +214,8 @@ pub struct SagaStatsSnapshot {
     pub dead_lettered: u64,
     /// Events the bus reported as missed by this worker.
     pub lagged_events: u64,
+    /// Deadlines this worker fed to their instances (the firing step recorded and handled).
+    pub deadlines_fired: u64,
 }
 
 impl SagaStats {
@@ -217,6 +228,7 @@ impl SagaStats {
             redelivery_requests: self.redelivery_requests.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             lagged_events: self.lagged_events.load(Ordering::Relaxed),
+            deadlines_fired: self.deadlines_fired.load(Ordering::Relaxed),
         }
     }
 }
@@ -235,6 +247,8 @@ struct Inner<S: Saga> {
     max_attempts: u32,
     max_deliveries: u32,
     max_in_hand: usize,
+    deadline_poll: Duration,
+    deadline_lease: Duration,
     stats: Arc<SagaStats>,
     detached: Tracker,
 }
@@ -280,6 +294,8 @@ impl<S: Saga> SagaRunner<S> {
                 max_attempts: 16,
                 max_deliveries: 5,
                 max_in_hand: 64,
+                deadline_poll: Duration::from_millis(100),
+                deadline_lease: Duration::from_secs(30),
                 stats: Arc::default(),
                 detached: Tracker::new(),
             }),
@@ -313,6 +329,27 @@ impl<S: Saga> SagaRunner<S> {
         self.configure(|i| i.max_in_hand = n.max(1))
     }
 
+    /// How often a spawned worker looks for due deadlines (default 100 ms, on the executor's
+    /// clock): a deadline fires at most this late while workers run.
+    #[must_use]
+    pub fn with_deadline_poll(self, every: Duration) -> Self {
+        self.configure(|i| i.deadline_poll = every.max(Duration::from_millis(1)))
+    }
+
+    /// How long a worker holds a deadline it claimed before another may claim it (default 30 s):
+    /// a worker that dies holding deadlines releases them this late. Make it longer than a step
+    /// takes; a step outliving its lease is still recorded once (the instance stream's version
+    /// decides), its effects may run twice, idempotently.
+    #[must_use]
+    pub fn with_deadline_lease(self, lease: Duration) -> Self {
+        self.configure(|i| i.deadline_lease = lease.max(Duration::from_millis(1)))
+    }
+
+    /// The consumer name the saga's deadlines and inbox marks are stored under (`saga.{NAME}`).
+    pub fn consumer() -> String {
+        format!("saga.{}", S::NAME)
+    }
+
     /// The stream of an instance.
     pub fn instance_stream(instance_id: &str) -> Result<StreamId, SagaError> {
         StreamId::for_instance(&format!("saga.{}", S::NAME), instance_id).map_err(|source| SagaError::InvalidInstance { saga: S::NAME, source })
@@ -328,6 +365,31 @@ impl<S: Saga> SagaRunner<S> {
         let mut name = b"follow-up".to_vec();
         name.extend(path.to_bytes());
         Uuid::new_v5(&cause, &name)
+    }
+
+    /// The id of the step that feeds deadline `deadline_id` to its instance: the same in every
+    /// process, so a deadline fired twice is recognised.
+    pub fn deadline_step_id(deadline_id: Uuid) -> Uuid {
+        Uuid::new_v5(&deadline_id, b"deadline-step")
+    }
+
+    /// The id a step `step_id` gives the deadline `name` it schedules.
+    pub fn deadline_id(step_id: Uuid, name: &str) -> Uuid {
+        let mut v = b"deadline/".to_vec();
+        v.extend(name.as_bytes());
+        Uuid::new_v5(&step_id, &v)
+    }
+
+    /// Claims the deadlines due now (on the executor's clock) and feeds each to its instance, one
+    /// after the other; returns how many were handled. A spawned worker does this by itself every
+    /// [`SagaRunner::with_deadline_poll`]; call it when driving the runner by hand.
+    pub async fn fire_due_deadlines(&self) -> Result<usize, SagaError> {
+        let claimed = self.inner.claim_due().await?;
+        let n = claimed.len();
+        for c in claimed {
+            self.inner.handle_deadline(c).await;
+        }
+        Ok(n)
     }
 
     /// Rebuilds an instance's state from its stream.
@@ -366,6 +428,27 @@ impl<S: Saga> SagaRunner<S> {
     }
 }
 
+impl<S: Saga> SagaRunner<S> {
+    /// Spawns a worker fed by the **event store** instead of a bus: the events of the streams
+    /// `filter` selects, from the group's checkpoint (stored with the store's read models), in
+    /// commit order. Nothing published to a bus that is not durable (in-memory, Zenoh) is lost to
+    /// the saga: a restarted worker resumes from its checkpoint. One worker of the group reads at a
+    /// time (a lease); each batch's steps run concurrently across instances, in order within one,
+    /// and the checkpoint moves past the batch once all are done. Deadlines fire as with
+    /// [`SagaRunner::spawn`].
+    pub fn spawn_from_store(self, filter: EventFilter) -> Result<SagaRunnerHandle, SagaError> {
+        let inner = self.inner;
+        let models = Arc::clone(&inner.store)
+            .read_model_store()
+            .ok_or(SagaError::NotConfigured { saga: S::NAME, missing: "a store that keeps read models (for the checkpoint)" })?;
+        let feed = StoreSubscription::new(Arc::clone(&inner.store), filter).poll(Duration::from_millis(10), Arc::clone(inner.executor.clock()));
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::clone(&inner.stats);
+        let task = tokio::spawn(Inner::run_store_loop(inner, feed, models, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME, fed_by = "store")));
+        Ok(SagaRunnerHandle { stop, task, stats })
+    }
+}
+
 impl<S: Saga> Inner<S> {
     async fn handle_event(self: &Arc<Self>, event: &SerializedEvent) -> Result<StepOutcome, SagaError> {
         let Some(input) = self.decode(event)? else {
@@ -374,7 +457,7 @@ impl<S: Saga> Inner<S> {
         };
         let stream = SagaRunner::<S>::instance_stream(&input.instance_id)?;
         let step_id = SagaRunner::<S>::step_id(event.event_id);
-        let step = Step { instance_id: input.instance_id, stream, id: step_id, inbox: Some(event.event_id), causation: event.event_id.to_string() };
+        let step = Step { instance_id: input.instance_id, stream, id: step_id, inbox: Some(event.event_id), causation: event.event_id.to_string(), fire: None };
         Arc::clone(self).handle_step(step, input.action).await
     }
 
@@ -415,7 +498,9 @@ impl<S: Saga> Inner<S> {
                 let metadata = EventMetadata::now().with_correlation_id(step.instance_id.clone()).with_causation_id(step.causation.clone());
                 let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload.clone(), Some(metadata)).with_event_id(step.id);
                 let effects = self.reduce(&mut state, a)?;
-                let mut request = AppendRequest::new(step.stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]);
+                let deadlines = self.deadline_changes(&step, &effects).map_err(corrupt)?;
+                let mut request =
+                    AppendRequest::new(step.stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]).with_deadlines(deadlines);
                 if let Some(event_id) = step.inbox {
                     // The inbox mark makes "this saga handled this event" part of the same atomic append.
                     request = request.with_inbox(format!("saga.{}", S::NAME), event_id);
@@ -425,6 +510,12 @@ impl<S: Saga> Inner<S> {
                     Ok(_) => {
                         Arc::clone(&self).execute(effects, &step, true, Vec::new()).await?;
                         return Ok(StepOutcome::Applied);
+                    }
+                    Err(EventStoreError::DeadlineNotPending { id }) => {
+                        // Cancelled or replaced by a step recorded meanwhile: the instance decided
+                        // it no longer wants it.
+                        tracing::debug!(deadline = %id, "deadline no longer pending; not fed to the instance");
+                        return Ok(StepOutcome::Skipped);
                     }
                     Err(EventStoreError::ConcurrencyConflict { .. } | EventStoreError::AlreadyProcessed { .. }) => {
                         tracing::debug!(attempt, "saga instance changed concurrently or the event was handled meanwhile; reloading");
@@ -521,6 +612,7 @@ impl<S: Saga> Inner<S> {
             .with_correlation_id(step.instance_id.clone())
             .with_cancel_scope(step.stream.as_str())
             .detach_waiting(self.detached.clone())
+            .deadlines_recorded()
             .caller_retries();
         let result = self.executor.run(effects, &feedback, &scope).await;
         let mut fed_back = collected.lock().take().unwrap_or_default();
@@ -553,6 +645,113 @@ impl<S: Saga> Inner<S> {
         Ok(())
     }
 
+    /// The deadline changes a step stores with its record: the firing it records, then the net
+    /// decisions of its effects, due times taken on the executor's clock.
+    fn deadline_changes(&self, step: &Step, effects: &[Effect<S::Action>]) -> Result<Vec<DeadlineChange>, CodecError> {
+        let mut out: Vec<DeadlineChange> = step.fire.map(|id| DeadlineChange::Fire { id }).into_iter().collect();
+        if !deadline::any(effects) {
+            return Ok(out);
+        }
+        let now = self.executor.clock().now();
+        let owner = DeadlineOwner::new(SagaRunner::<S>::consumer(), step.instance_id.clone());
+        for decision in deadline::net(deadline::changes(effects)) {
+            out.push(match decision {
+                Decision::Schedule(d) => DeadlineChange::Schedule(StoredDeadline {
+                    id: SagaRunner::<S>::deadline_id(step.id, &d.name),
+                    owner: owner.clone(),
+                    name: d.name.clone(),
+                    due_at: d.due.instant(now),
+                    payload: encode_payload(&d.action)?,
+                }),
+                Decision::Cancel(name) => DeadlineChange::Cancel { owner: owner.clone(), name: name.to_string() },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn claim_due(&self) -> Result<Vec<ClaimedDeadline>, SagaError> {
+        let now = self.executor.clock().now();
+        self.store
+            .claim_due_deadlines(&SagaRunner::<S>::consumer(), now, self.deadline_lease, self.max_in_hand)
+            .await
+            .map_err(|source| SagaError::Store { saga: S::NAME, source })
+    }
+
+    /// Feeds a claimed deadline to its instance as a step (recorded with its firing), retrying
+    /// retryable failures in the lane; completes it once handled. A failure that stays retryable
+    /// leaves it claimed: it is claimed again when the lease ends. A deadline that cannot be
+    /// decoded, or whose step fails for good, is dead-lettered and completed.
+    async fn handle_deadline(self: &Arc<Self>, claimed: ClaimedDeadline) {
+        let d = claimed.deadline;
+        let what = format!("saga {} deadline {} of {}", S::NAME, d.name, d.owner.instance);
+        let letters = Arc::clone(self.executor.dead_letters());
+        let give_up = |error: String, attempts: u32| dead_letter(&*letters, what.clone(), error, attempts, None);
+        let stream = match SagaRunner::<S>::instance_stream(&d.owner.instance) {
+            Ok(s) => s,
+            Err(e) => {
+                give_up(e.to_string(), 1);
+                self.complete(d.id).await;
+                return;
+            }
+        };
+        let step = Step {
+            instance_id: d.owner.instance.clone(),
+            stream,
+            id: SagaRunner::<S>::deadline_step_id(d.id),
+            inbox: None,
+            causation: d.id.to_string(),
+            fire: Some(d.id),
+        };
+        let mut attempt = 1;
+        loop {
+            let action: S::Action = match decode_payload(&d.payload) {
+                Ok(a) => a,
+                Err(e) => {
+                    give_up(format!("the deadline's action cannot be decoded: {e}"), attempt);
+                    self.complete(d.id).await;
+                    return;
+                }
+            };
+            let span = tracing::info_span!("saga_deadline", deadline = %d.name, instance = %d.owner.instance, fired_before = claimed.fired, attempt);
+            let outcome = match AssertUnwindSafe(Arc::clone(self).handle_step(step.clone(), action).instrument(span)).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(SagaError::Panicked { saga: S::NAME, message: panic_message(&*panic) }),
+            };
+            match outcome {
+                // Cancelled or replaced meanwhile (or fired by a worker whose lease outlived it):
+                // the row is gone or someone else's to complete.
+                Ok(StepOutcome::Skipped) => return,
+                Ok(_) => {
+                    self.stats.deadlines_fired.fetch_add(1, Ordering::Relaxed);
+                    self.complete(d.id).await;
+                    return;
+                }
+                Err(e) if e.is_retryable() && attempt < self.max_deliveries => {
+                    tracing::warn!(error = %e, attempt, "deadline step failed, retrying in its lane");
+                    self.executor.clock().sleep(self.executor.retry_policy().backoff_after(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, attempt, "deadline step still failing; it is claimed again when its lease ends");
+                    return;
+                }
+                Err(e) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    give_up(e.to_string(), attempt);
+                    self.complete(d.id).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn complete(&self, id: Uuid) {
+        if let Err(e) = self.store.complete_deadline(id).await {
+            // It is claimed again after its lease, found recorded, and completed then.
+            tracing::warn!(error = %e, deadline = %id, "completing the deadline failed");
+        }
+    }
+
     /// Which lane a delivery goes to: its instance (steps of one instance keep their order), or, for
     /// an event the saga skips or cannot decode, a lane of its own.
     fn lane_key(&self, event: &SerializedEvent) -> String {
@@ -564,24 +763,60 @@ impl<S: Saga> Inner<S> {
         }
     }
 
-    async fn run_loop(self: Arc<Self>, mut stream: composable_rust_core::EventStream, mut stop: watch::Receiver<bool>) {
-        let runner = Arc::clone(&self);
-        let handler: crate::lanes::Handler<composable_rust_core::Delivery> = Arc::new(move |delivery| {
+    fn lanes(self: &Arc<Self>) -> crate::lanes::Lanes<String, Work> {
+        let runner = Arc::clone(self);
+        let handler: crate::lanes::Handler<Work> = Arc::new(move |work| {
             let runner = Arc::clone(&runner);
-            async move { runner.handle_delivery(delivery).await }.boxed()
+            async move {
+                match work {
+                    Work::Delivery(delivery) => runner.handle_delivery(delivery).await,
+                    Work::Stored(event) => runner.process(&event, 1).await,
+                    Work::Deadline(claimed) => runner.handle_deadline(claimed).await,
+                }
+            }
+            .boxed()
         });
-        let lanes = crate::lanes::Lanes::new(self.max_in_hand, handler);
+        crate::lanes::Lanes::new(self.max_in_hand, handler)
+    }
+
+    /// Claims the due deadlines and queues each in its instance's lane; returns whether the claim
+    /// was full (more may be due).
+    async fn fire_due_into(&self, lanes: &crate::lanes::Lanes<String, Work>) -> bool {
+        let claimed = match self.claim_due().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for due deadlines failed; trying again");
+                Vec::new()
+            }
+        };
+        let full = claimed.len() >= self.max_in_hand;
+        for c in claimed {
+            lanes.push(c.deadline.owner.instance.clone(), Work::Deadline(c)).await;
+        }
+        full
+    }
+
+    async fn run_loop(self: Arc<Self>, mut stream: composable_rust_core::EventStream, mut stop: watch::Receiver<bool>) {
+        let lanes = self.lanes();
+        // Deadlines due while no worker ran are claimed at once.
+        let mut poll = self.executor.clock().sleep(Duration::ZERO);
         loop {
             let item = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
-                item = stream.next() => item,
+                () = &mut poll => None,
+                item = stream.next() => Some(item),
+            };
+            let Some(item) = item else {
+                let full = self.fire_due_into(&lanes).await;
+                poll = self.executor.clock().sleep(if full { Duration::ZERO } else { self.deadline_poll });
+                continue;
             };
             let Some(item) = item else { break };
             match item {
                 Ok(delivery) => {
                     let key = self.lane_key(delivery.event());
-                    lanes.push(key, delivery).await;
+                    lanes.push(key, Work::Delivery(delivery)).await;
                 }
                 Err(EventBusError::Lagged { group, missed }) => {
                     self.stats.lagged_events.fetch_add(missed, Ordering::Relaxed);
@@ -610,9 +845,17 @@ impl<S: Saga> Inner<S> {
     /// behind later steps of the same instance and overtake nothing but order), up to
     /// `max_deliveries` attempts, then dead-lettered. A panic anywhere in the step is dead-lettered.
     async fn handle_delivery(self: &Arc<Self>, delivery: composable_rust_core::Delivery) {
-        let mut attempt = delivery.attempt();
+        self.process(delivery.event(), delivery.attempt()).await;
+        if let Err(e) = delivery.ack().await {
+            tracing::warn!(error = %e, "acknowledgement failed; the event may be delivered again (it will be recognised)");
+        }
+    }
+
+    /// Handles one event with retries in its lane, counting the outcome; dead-letters what fails
+    /// for good. What the caller acknowledges or checkpoints after.
+    async fn process(self: &Arc<Self>, event: &SerializedEvent, first_attempt: u32) {
+        let mut attempt = first_attempt;
         let outcome = loop {
-            let event = delivery.event();
             let span = tracing::info_span!("saga_step", event_type = %event.event_type, event_id = %event.event_id, attempt);
             let outcome = match AssertUnwindSafe(self.handle_event(event).instrument(span)).catch_unwind().await {
                 Ok(outcome) => outcome,
@@ -628,7 +871,7 @@ impl<S: Saga> Inner<S> {
                 other => break other,
             }
         };
-        let ack = match outcome {
+        match outcome {
             Ok(o) => {
                 let counter = match o {
                     StepOutcome::Applied => &self.stats.applied,
@@ -636,25 +879,88 @@ impl<S: Saga> Inner<S> {
                     StepOutcome::Skipped => &self.stats.skipped,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                delivery.ack().await
             }
             Err(e) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                let event = delivery.event().clone();
                 dead_letter(
                     &**self.executor.dead_letters(),
                     format!("saga {} step for {} {}", S::NAME, event.event_type, event.event_id),
                     e.to_string(),
                     attempt,
-                    Some(event),
+                    Some(event.clone()),
                 );
-                delivery.ack().await
             }
-        };
-        if let Err(e) = ack {
-            tracing::warn!(error = %e, "acknowledgement failed; the event may be delivered again (it will be recognised)");
         }
     }
+
+    /// The worker loop fed by the store: batches from the checkpoint (kept in the store's read
+    /// models under `{group}.checkpoint`), each batch's steps run in the lanes, then the checkpoint
+    /// moves past the batch. One worker of the group reads at a time (a lease); all fire deadlines.
+    async fn run_store_loop(self: Arc<Self>, mut feed: StoreSubscription, models: Arc<dyn ReadModelStore>, mut stop: watch::Receiver<bool>) {
+        let lanes = self.lanes();
+        let checkpoint = format!("{}.checkpoint", self.group);
+        let worker = Uuid::new_v4().to_string();
+        let lease = self.deadline_lease;
+        let mut at = match models.checkpoint(&checkpoint).await {
+            Ok(c) => c.position,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the saga's checkpoint; the worker stops");
+                return;
+            }
+        };
+        feed = feed.after(at);
+        let mut poll = self.executor.clock().sleep(Duration::ZERO);
+        loop {
+            let leased = matches!(models.try_lease(&checkpoint, &worker, self.executor.clock().now(), lease).await, Ok(true));
+            let batch = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                () = &mut poll => None,
+                batch = feed.next_batch(), if leased => Some(batch),
+            };
+            let batch = match batch {
+                None => {
+                    self.fire_due_into(&lanes).await;
+                    poll = self.executor.clock().sleep(self.deadline_poll);
+                    continue;
+                }
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the store failed; retrying");
+                    self.executor.clock().sleep(self.deadline_poll).await;
+                    continue;
+                }
+            };
+            for recorded in batch {
+                let key = self.lane_key(&recorded.event);
+                lanes.push(key, Work::Stored(recorded.event)).await;
+            }
+            // Every step of the batch done (or dead-lettered): the checkpoint moves past it.
+            lanes.idle().await;
+            let to = feed.position();
+            match models.commit(&checkpoint, at, to, Vec::new()).await {
+                Ok(()) => at = to,
+                Err(ReadModelError::CheckpointMoved { actual, .. }) => {
+                    tracing::info!(?actual, "another worker moved the saga's checkpoint; continuing from it");
+                    at = actual;
+                    feed = StoreSubscription::new(Arc::clone(&self.store), feed_filter(&feed)).after(actual);
+                }
+                Err(e) => tracing::warn!(error = %e, "saving the saga's checkpoint failed; the batch will be seen again (recognised)"),
+            }
+        }
+        lanes.idle().await;
+        tracing::info!("saga worker (store-fed) stopped");
+    }
+}
+
+/// What a worker's lanes carry.
+enum Work {
+    /// A bus delivery.
+    Delivery(composable_rust_core::Delivery),
+    /// An event read from the store.
+    Stored(SerializedEvent),
+    /// A deadline that came due.
+    Deadline(ClaimedDeadline),
 }
 
 /// Actions fed back while a step's run is in progress, with the paths of the effects that fed them
@@ -669,11 +975,13 @@ struct Step {
     id: Uuid,
     inbox: Option<Uuid>,
     causation: String,
+    /// The deadline this step feeds to the instance: its firing is stored with the step.
+    fire: Option<Uuid>,
 }
 
 impl Step {
     fn follow_up(&self, id: Uuid) -> Step {
-        Step { instance_id: self.instance_id.clone(), stream: self.stream.clone(), id, inbox: None, causation: self.id.to_string() }
+        Step { instance_id: self.instance_id.clone(), stream: self.stream.clone(), id, inbox: None, causation: self.id.to_string(), fire: None }
     }
 }
 

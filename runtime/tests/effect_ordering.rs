@@ -246,6 +246,24 @@ impl EventStore for FlakyStore {
     async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
         self.inner.prune(horizon).await
     }
+
+    async fn claim_due_deadlines(
+        &self,
+        consumer: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<composable_rust_core::ClaimedDeadline>, EventStoreError> {
+        self.inner.claim_due_deadlines(consumer, now, lease, limit).await
+    }
+
+    async fn complete_deadline(&self, id: uuid::Uuid) -> Result<(), EventStoreError> {
+        self.inner.complete_deadline(id).await
+    }
+
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<composable_rust_core::StoredDeadline>, EventStoreError> {
+        self.inner.deadlines(consumer, instance, limit).await
+    }
 }
 
 #[tokio::test]

@@ -4,24 +4,49 @@
 //! SQLite file, the embedded store that keeps state across runs
 //! (`checkout-saga --store sqlite:PATH`).
 //!
-//! Guarantees (the conformance suite checks them):
-//! - the database runs in WAL mode with `synchronous = FULL`: a returned append is on disk;
-//! - all appends go through one writer connection, so appends are serialised, the expected version
-//!   is checked atomically, and global positions follow commit order (`read_all` never skips an
-//!   event that commits late); readers use their own connections and never block the writer;
-//! - event ids are unique: an identical retry is an idempotent success, a reused id with other
-//!   content is refused; outbox intents are committed with their events.
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //!
-//! - an append's inbox mark (consumer, event id) is committed in the same transaction: a consumer
-//!   cannot record the handling of one event twice (`AlreadyProcessed`);
+//! use composable_rust_sqlite::{SqliteConfig, SqliteEventStore};
+//!
+//! let store = SqliteEventStore::connect("sqlite:/var/lib/shop/events.db").await?; // or open(path)
+//! let scratch = SqliteEventStore::connect("sqlite::memory:").await?; // or in_memory()
+//! let tuned = SqliteEventStore::connect_with(SqliteConfig::new("events.db").with_busy_timeout(Duration::from_secs(1))).await?;
+//! # drop((store, scratch, tuned));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Connecting
+//!
+//! Like every backend: [`SqliteEventStore::connect`] takes the URL the `composable-rust` facade
+//! takes (`sqlite:PATH`, `sqlite::memory:`; `sqlite:` with no path is refused),
+//! [`SqliteEventStore::connect_with`] a [`SqliteConfig`] built with `with_*` setters;
+//! [`SqliteEventStore::open`] and [`SqliteEventStore::in_memory`] are short forms. A store has no
+//! dead letters: every failure is returned to the caller. No sqlx type is part of the API.
+//!
+//! ## Guarantees of `SqliteEventStore`
+//!
+//! | guarantee | what this backend does |
+//! |---|---|
+//! | delivery | an append is one transaction on the single writer connection: its events, outbox intents and inbox mark, or nothing; the expected version is checked in it |
+//! | ordering | versions per stream; global positions follow commit order, so `read_all` never skips an event |
+//! | durability | WAL with `synchronous = FULL`: a returned append is on disk (`sqlite::memory:`: none) |
+//! | redelivery / ack | an identical retry (same event ids) is an idempotent success, a reused id with other content is refused; an inbox mark refuses a second handling (`AlreadyProcessed`); outbox entries stay pending until `mark_published` |
+//! | dead letters | none: every failure is returned to the caller (the runtime's outbox relay dead-letters publications that fail for good) |
+//! | limits | one writer: appends are serialised; one file on one machine; `reader_connections` (4) readers beside it |
+//!
+//! The conformance suite checks them. Details:
+//! - all appends go through one writer connection, so appends are serialised and global positions
+//!   follow commit order; readers use their own connections and never block the writer;
 //! - published outbox rows and inbox marks are kept, with their time, until
 //!   [`EventStore::prune`](composable_rust_core::EventStore::prune) deletes those older than a horizon
-//!   (in batches, so appends go on meanwhile).
-//!
-//! `SqliteEventStore::open_url("sqlite::memory:")` (or [`SqliteEventStore::in_memory`]) gives a
-//! private in-memory store with the same guarantees except durability; `sqlite:` with no path is
-//! refused ([`SqliteError::EmptyPath`]).
+//!   (in batches, so appends go on meanwhile);
+//! - `sqlite::memory:` (or [`SqliteEventStore::in_memory`]) gives a private in-memory store with the
+//!   same guarantees except durability, a new database on every connect.
 
+mod config;
 mod store;
 
-pub use store::{SqliteError, SqliteEventStore};
+pub use config::{SqliteConfig, SqliteError};
+pub use store::SqliteEventStore;

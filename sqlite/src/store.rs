@@ -1,6 +1,5 @@
 //! The SQLite implementation.
 
-use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,8 +7,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use composable_rust_core::event_store::{PruneReport, identical_retry};
 use composable_rust_core::{
-    AppendRequest, AppendResult, EventMetadata, EventStore, EventStoreError, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot,
-    StreamId, Topic, Version,
+    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventMetadata, EventStore, EventStoreError, GlobalPosition,
+    PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -17,41 +16,14 @@ use sqlx::{Row, SqlitePool};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::config::{Location, SqliteConfig, SqliteError};
+
 /// The schema, applied by every opener.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// How many rows one `DELETE` of [`EventStore::prune`] removes at most: a long prune then holds the
 /// single writer connection only briefly at a time, and appends go on in between.
 const PRUNE_BATCH: i64 = 10_000;
-
-/// Why the store could not be opened. New variants may be added: match with a `_` arm.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SqliteError {
-    /// The URL or path names no database. An empty SQLite file name would open a temporary database
-    /// of its own for every connection: appends would not be readable back, so it is refused.
-    #[error("{url:?} names no SQLite database file: use sqlite:PATH for a file, or sqlite::memory: for a private in-memory store")]
-    EmptyPath {
-        /// The URL or path as given.
-        url: String,
-    },
-    /// The file could not be opened or created.
-    #[error("cannot open SQLite database {path}: {reason}; check that the directory exists and is writable")]
-    Open {
-        /// The path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The schema could not be applied.
-    #[error("cannot apply the event store schema to {path}: {reason}")]
-    Migrate {
-        /// The path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// An event store in one SQLite file (or in memory, see [`SqliteEventStore::in_memory`]). Cheap to
 /// clone (pools are shared).
@@ -129,23 +101,130 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
     })
 }
 
+/// The columns [`deadline_from_row`] reads.
+const DEADLINE_COLUMNS: &str = "id, consumer, instance, name, due_at, payload, fired, claims";
+
+/// A deadline time as the schema stores it: microseconds since the Unix epoch (UTC), exact for
+/// every time the suite compares (millisecond precision and finer).
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The end of a claim taken at `now` for `lease` (saturating: a huge lease holds "forever").
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> i64 {
+    micros(now).saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// A deadline row, with whether it fired and how often it was claimed.
+fn deadline_from_row(row: &SqliteRow) -> Result<ClaimedDeadline, EventStoreError> {
+    let get_err = |e: sqlx::Error| corrupt("deadline row", e);
+    let id_bytes: Vec<u8> = row.try_get("id").map_err(get_err)?;
+    let id = Uuid::from_slice(&id_bytes).map_err(|e| corrupt("deadline id", e))?;
+    let due_us: i64 = row.try_get("due_at").map_err(get_err)?;
+    let due_at = DateTime::from_timestamp_micros(due_us).ok_or_else(|| corrupt(&format!("due time of deadline {id}"), due_us))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(get_err)?;
+    let claims: i64 = row.try_get("claims").map_err(get_err)?;
+    Ok(ClaimedDeadline {
+        deadline: StoredDeadline {
+            id,
+            owner: DeadlineOwner::new(row.try_get::<String, _>("consumer").map_err(get_err)?, row.try_get::<String, _>("instance").map_err(get_err)?),
+            name: row.try_get("name").map_err(get_err)?,
+            due_at,
+            payload: Bytes::from(payload),
+        },
+        fired: row.try_get("fired").map_err(get_err)?,
+        claims: u32::try_from(claims).unwrap_or(u32::MAX),
+    })
+}
+
+/// Applies one deadline change of an append inside its transaction (after all its checks passed).
+/// A `Fire` of a deadline that is not pending is [`EventStoreError::DeadlineNotPending`]; the caller
+/// then drops the transaction, which rolls the whole append back.
+async fn apply_deadline_change(conn: &mut sqlx::SqliteConnection, change: &DeadlineChange) -> Result<(), EventStoreError> {
+    const DELETE_PENDING: &str = "DELETE FROM deadlines WHERE consumer = ? AND instance = ? AND name = ? AND fired = 0";
+    match change {
+        DeadlineChange::Schedule(d) => {
+            sqlx::query(DELETE_PENDING)
+                .bind(d.owner.consumer.as_str())
+                .bind(d.owner.instance.as_str())
+                .bind(d.name.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            // The same step scheduling again (same id) replaces its own row.
+            sqlx::query("DELETE FROM deadlines WHERE id = ?").bind(d.id.as_bytes().to_vec()).execute(&mut *conn).await.map_err(map_err)?;
+            sqlx::query("INSERT INTO deadlines (id, consumer, instance, name, due_at, payload) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(d.id.as_bytes().to_vec())
+                .bind(d.owner.consumer.as_str())
+                .bind(d.owner.instance.as_str())
+                .bind(d.name.as_str())
+                .bind(micros(d.due_at))
+                .bind(d.payload.to_vec())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+        DeadlineChange::Cancel { owner, name } => {
+            sqlx::query(DELETE_PENDING)
+                .bind(owner.consumer.as_str())
+                .bind(owner.instance.as_str())
+                .bind(name.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+        }
+        DeadlineChange::Fire { id } => {
+            let fired = sqlx::query("UPDATE deadlines SET fired = 1 WHERE id = ? AND fired = 0")
+                .bind(id.as_bytes().to_vec())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if fired.rows_affected() == 0 {
+                return Err(EventStoreError::DeadlineNotPending { id: *id });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqliteEventStore {
-    /// Opens (creating if needed) the database file at `path` and applies the schema. The path
-    /// `:memory:` opens [`SqliteEventStore::in_memory`]; an empty path is [`SqliteError::EmptyPath`].
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
-        let path_text = path.as_ref().display().to_string();
-        if path.as_ref().as_os_str().is_empty() {
+    /// Opens the database a composable-rust SQLite URL names (`sqlite:PATH`, `sqlite::memory:`; see
+    /// [`SqliteConfig::from_url`]), creating the file and applying the schema if needed.
+    pub async fn connect(url: &str) -> Result<Self, SqliteError> {
+        Self::connect_with(SqliteConfig::from_url(url)?).await
+    }
+
+    /// Opens (creating if needed) the database file at `path` and applies the schema: the same as
+    /// `connect_with(SqliteConfig::new(path))`. The path `:memory:` opens
+    /// [`SqliteEventStore::in_memory`]; an empty path is [`SqliteError::EmptyPath`].
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self, SqliteError> {
+        Self::connect_with(SqliteConfig::new(path)).await
+    }
+
+    /// A store in a private in-memory database of its own, with the schema applied: for tests and
+    /// demos. Its clones share it; it is gone when the last clone is dropped. Reads and writes share
+    /// one connection (an in-memory database has no WAL to read beside the writer). The same as
+    /// `connect_with(SqliteConfig::in_memory())`.
+    pub async fn in_memory() -> Result<Self, SqliteError> {
+        Self::connect_with(SqliteConfig::in_memory()).await
+    }
+
+    /// Opens the database of `config` (a file is created if missing) and applies the schema.
+    pub async fn connect_with(config: SqliteConfig) -> Result<Self, SqliteError> {
+        let path = match config.location() {
+            Location::Memory => return Self::open_in_memory(&config).await,
+            Location::File(path) => path,
+        };
+        let path_text = path.display().to_string();
+        if path.as_os_str().is_empty() {
             return Err(SqliteError::EmptyPath { url: path_text });
         }
-        if path.as_ref() == Path::new(":memory:") {
-            return Self::in_memory().await;
-        }
         let options = SqliteConnectOptions::new()
-            .filename(path.as_ref())
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(config.busy_timeout());
         let open_err = |e: sqlx::Error| SqliteError::Open { path: path_text.clone(), reason: e.to_string() };
         // SQLite has no migration lock, and switching a new file to WAL needs it exclusively:
         // processes opening a new file together can see `database is locked` or race to record the
@@ -170,18 +249,15 @@ impl SqliteEventStore {
                 Err(e) => return Err(e),
             }
         };
-        let reader = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(open_err)?;
+        let reader = SqlitePoolOptions::new().max_connections(config.reader_connections()).connect_with(options.read_only(true)).await.map_err(open_err)?;
         Ok(Self { writer, reader, _keeper: None })
     }
 
-    /// A store in a private in-memory database of its own, with the schema applied: for tests and
-    /// demos. Its clones share it; it is gone when the last clone is dropped. Reads and writes share
-    /// one connection (an in-memory database has no WAL to read beside the writer).
-    pub async fn in_memory() -> Result<Self, SqliteError> {
+    async fn open_in_memory(config: &SqliteConfig) -> Result<Self, SqliteError> {
         // A named shared-cache database lives as long as one connection to it is open: the keeper
         // holds one, so a connection the pool replaces finds the same data, not an empty database.
         let name = format!("file:composable-rust-{}", Uuid::new_v4().simple());
-        let options = SqliteConnectOptions::new().filename(&name).in_memory(true).shared_cache(true).busy_timeout(Duration::from_secs(5));
+        let options = SqliteConnectOptions::new().filename(&name).in_memory(true).shared_cache(true).busy_timeout(config.busy_timeout());
         let single = || SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
         let open_err = |e: sqlx::Error| SqliteError::Open { path: ":memory:".into(), reason: e.to_string() };
         let keeper = single().connect_with(options.clone()).await.map_err(open_err)?;
@@ -190,27 +266,18 @@ impl SqliteEventStore {
         Ok(Self { writer: pool.clone(), reader: pool, _keeper: Some(keeper) })
     }
 
-    /// Opens a `sqlite:PATH` (or `sqlite://PATH`) URL; `sqlite::memory:` (or `sqlite://:memory:`) is
-    /// [`SqliteEventStore::in_memory`], a new private database on every call. A URL with no path
-    /// (`sqlite:`) is [`SqliteError::EmptyPath`].
-    pub async fn open_url(url: &str) -> Result<Self, SqliteError> {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
-        if path.is_empty() {
-            return Err(SqliteError::EmptyPath { url: url.to_owned() });
-        }
-        Self::open(path).await
-    }
-
     /// Events stored in all.
     pub async fn event_count(&self) -> Result<u64, EventStoreError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.reader).await.map_err(map_err)?;
         Ok(to_u64(n))
     }
 
-    /// The append itself: one transaction on the single writer connection.
+    /// The append itself: one transaction on the single writer connection. `BEGIN IMMEDIATE` takes
+    /// the file's write lock first (waiting up to the busy timeout), so that another process's
+    /// writer committing between this transaction's reads and its writes cannot make it fail.
     async fn append_in_transaction(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         request.validate()?;
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         if let Some(earlier) = Self::earlier_append(&mut tx, &request).await? {
             return Ok(earlier);
         }
@@ -267,6 +334,10 @@ impl SqliteEventStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+        }
+        // Last, once every check passed; a refused `Fire` drops `tx`, which rolls everything back.
+        for change in &request.deadlines {
+            apply_deadline_change(&mut tx, change).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(AppendResult {
@@ -403,5 +474,56 @@ impl EventStore for SqliteEventStore {
         let inbox_marks =
             delete_in_batches(&self.writer, "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox WHERE processed_at < ? LIMIT ?)", &horizon).await?;
         Ok(PruneReport::new(outbox_rows, inbox_marks))
+    }
+
+    async fn claim_due_deadlines(&self, consumer: &str, now: DateTime<Utc>, lease: Duration, limit: usize) -> Result<Vec<ClaimedDeadline>, EventStoreError> {
+        // One statement, so one write transaction: SQLite's write lock (one writer connection here,
+        // the file lock across processes) makes the claim exclusive.
+        let rows = sqlx::query(&format!(
+            "UPDATE deadlines SET claimed_until = ?, claims = claims + 1 WHERE id IN ( \
+               SELECT id FROM deadlines WHERE consumer = ? AND due_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?) \
+               ORDER BY due_at, id LIMIT ?) \
+             RETURNING {DEADLINE_COLUMNS}"
+        ))
+        .bind(lease_end(now, lease))
+        .bind(consumer)
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_err)?;
+        let mut claimed: Vec<ClaimedDeadline> = rows.iter().map(deadline_from_row).collect::<Result<_, _>>()?;
+        // RETURNING gives no order: earliest due first, as selected.
+        claimed.sort_by_key(|c| (c.deadline.due_at, c.deadline.id));
+        Ok(claimed)
+    }
+
+    async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError> {
+        sqlx::query("DELETE FROM deadlines WHERE id = ?").bind(id.as_bytes().to_vec()).execute(&self.writer).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<StoredDeadline>, EventStoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match instance {
+            Some(instance) => {
+                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? AND instance = ? ORDER BY due_at, id LIMIT ?"))
+                    .bind(consumer)
+                    .bind(instance)
+                    .bind(limit)
+                    .fetch_all(&self.reader)
+                    .await
+            }
+            None => {
+                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? ORDER BY due_at, id LIMIT ?"))
+                    .bind(consumer)
+                    .bind(limit)
+                    .fetch_all(&self.reader)
+                    .await
+            }
+        }
+        .map_err(map_err)?;
+        rows.iter().map(|row| deadline_from_row(row).map(|c| c.deadline)).collect()
     }
 }

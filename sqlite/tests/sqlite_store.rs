@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use composable_rust_core::{AppendRequest, EventStore, EventStoreError, ExpectedVersion, GlobalPosition, SerializedEvent, StreamId, Version};
 use composable_rust_sqlite::{SqliteError, SqliteEventStore};
-use composable_rust_testing::conformance::event_store;
+use composable_rust_testing::conformance::{deadlines, event_store};
 
 /// A fresh database file, removed with its WAL files when dropped.
 struct TempDb(PathBuf);
@@ -38,6 +38,99 @@ async fn sqlite_store_passes_the_conformance_suite() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_deadline_conformance_suite() {
+    let files = Arc::new(temp_files::Files::default());
+    deadlines::run_all(move || {
+        let files = Arc::clone(&files);
+        async move {
+            let db = TempDb::new();
+            let store = SqliteEventStore::open(&db.0).await.expect("open");
+            files.keep(db);
+            Arc::new(store) as Arc<dyn EventStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_store_passes_the_deadline_conformance_suite() {
+    deadlines::run_all(|| async { Arc::new(SqliteEventStore::connect("sqlite::memory:").await.expect("open")) as Arc<dyn EventStore> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_claimed_by_one_of_two_stores_on_the_same_file() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use composable_rust_core::{DeadlineChange, DeadlineOwner, StoredDeadline};
+
+    // Two stores with pools of their own on one file, as two processes would have them.
+    let db = TempDb::new();
+    let a = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+    let b = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+    let consumer = format!("saga.two-processes-{}", uuid::Uuid::new_v4().simple());
+    let due = chrono::Utc::now() - chrono::Duration::hours(1);
+    let now = due + chrono::Duration::seconds(1);
+    let lease = Duration::from_secs(30);
+    let mut all = HashSet::new();
+    for (n, store) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let changes: Vec<DeadlineChange> = (0..25)
+            .map(|i| {
+                let d = StoredDeadline {
+                    id: uuid::Uuid::new_v4(),
+                    owner: DeadlineOwner::new(consumer.clone(), format!("order-{n}-{i}")),
+                    name: "payment".into(),
+                    due_at: due,
+                    payload: bytes::Bytes::from_static(b"timeout"),
+                };
+                all.insert(d.id);
+                DeadlineChange::Schedule(d)
+            })
+            .collect();
+        let step = StreamId::new(format!("steps-{n}")).unwrap();
+        store.append(AppendRequest::new(step, ExpectedVersion::NoStream, vec![event(1)]).with_deadlines(changes)).await.unwrap();
+    }
+    assert_eq!(b.deadlines(&consumer, None, 1000).await.unwrap().len(), 100, "each store sees the other's deadlines");
+
+    let claimers: Vec<_> = (0..6)
+        .map(|k| {
+            let store = Arc::clone(if k % 2 == 0 { &a } else { &b });
+            let consumer = consumer.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_due_deadlines(&consumer, now, lease, 3).await.expect("claim");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.deadline.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for c in claimers {
+        seen.extend(c.await.unwrap());
+    }
+    let unique: HashSet<uuid::Uuid> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a deadline was claimed through both stores while the first claim held");
+    assert_eq!(unique, all, "every due deadline was claimed");
+    assert!(a.claim_due_deadlines(&consumer, now + chrono::Duration::seconds(29), lease, 1000).await.unwrap().is_empty(), "held");
+    assert!(b.claim_due_deadlines(&consumer, now + chrono::Duration::seconds(29), lease, 1000).await.unwrap().is_empty(), "held");
+
+    // Firing is one decision across stores too: the first append marking it fired wins.
+    let id = *all.iter().next().unwrap();
+    let fire = |n: u8| AppendRequest::new(StreamId::new("firing").unwrap(), ExpectedVersion::Any, vec![event(n)]).with_deadlines([DeadlineChange::Fire { id }]);
+    b.append(fire(1)).await.expect("the first firing is stored");
+    let err = a.append(fire(2)).await.unwrap_err();
+    assert!(matches!(err, EventStoreError::DeadlineNotPending { id: refused } if refused == id), "{err}");
+    assert_eq!(a.stream_version(&StreamId::new("firing").unwrap()).await.unwrap(), Version(1), "the refused firing stored nothing");
+    let again = a.claim_due_deadlines(&consumer, now + chrono::Duration::seconds(30), lease, 1000).await.unwrap();
+    assert_eq!(again.len(), 100, "claimable again once the lease ended");
+    assert!(again.iter().all(|c| c.claims == 2 && c.fired == (c.deadline.id == id)), "{again:?}");
 }
 
 mod temp_files {
@@ -179,7 +272,7 @@ async fn several_openers_of_a_new_file_all_get_the_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_memory_url_reads_back_what_was_appended() {
     for url in ["sqlite::memory:", "sqlite://:memory:"] {
-        let store = SqliteEventStore::open_url(url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let store = SqliteEventStore::connect(url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
         let stream = StreamId::new("in-memory").unwrap();
         store.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![event(1), event(2)])).await.unwrap();
         // Several reads at once, so a pool with several connections would hand out more than one.
@@ -189,23 +282,26 @@ async fn an_in_memory_url_reads_back_what_was_appended() {
             assert_eq!(read.iter().map(|e| e.data[0]).collect::<Vec<_>>(), vec![1, 2], "{url}");
         }
         assert_eq!(store.stream_version(&stream).await.unwrap(), Version(2), "{url}");
-        let other = SqliteEventStore::open_url(url).await.unwrap();
+        let other = SqliteEventStore::connect(url).await.unwrap();
         assert_eq!(other.stream_version(&stream).await.unwrap(), Version(0), "{url}: every in-memory store is a database of its own");
     }
 }
 
 #[tokio::test]
 async fn a_url_without_a_path_is_refused() {
-    for url in ["sqlite:", "sqlite://", ""] {
-        let err = SqliteEventStore::open_url(url).await.err().unwrap_or_else(|| panic!("{url:?} must be refused"));
-        assert!(matches!(err, SqliteError::EmptyPath { .. }), "{url:?}: {err}");
+    for url in ["sqlite:", "sqlite://"] {
+        let err = SqliteEventStore::connect(url).await.err().unwrap_or_else(|| panic!("{url:?} must be refused"));
+        assert!(matches!(err, SqliteError::InvalidUrl(_)), "{url:?}: {err}");
         assert!(err.to_string().contains("sqlite::memory:"), "{url:?}: the error says how to ask for an in-memory store: {err}");
     }
+    let err = SqliteEventStore::open("").await.expect_err("an empty path must be refused");
+    assert!(matches!(err, SqliteError::EmptyPath { .. }), "{err}");
+    assert!(matches!(SqliteEventStore::connect("").await, Err(SqliteError::InvalidUrl(_))), "not a sqlite: URL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_memory_store_passes_the_conformance_suite() {
-    event_store::run_all(|| async { Arc::new(SqliteEventStore::open_url("sqlite::memory:").await.expect("open")) as Arc<dyn EventStore> }).await;
+    event_store::run_all(|| async { Arc::new(SqliteEventStore::connect("sqlite::memory:").await.expect("open")) as Arc<dyn EventStore> }).await;
 }
 
 #[tokio::test]

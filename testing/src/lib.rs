@@ -52,6 +52,11 @@ pub struct CompositionGuideDoctests;
 #[cfg(doctest)]
 pub struct TestingGuideDoctests;
 
+/// The projections guide's examples, compiled and run as doc tests.
+#[doc = include_str!("../../docs/projections.md")]
+#[cfg(doctest)]
+pub struct ProjectionsGuideDoctests;
+
 /// The README's example, compiled and run as a doc test.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

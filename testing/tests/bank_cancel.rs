@@ -1,6 +1,11 @@
 //! The bank cancel idiom: a transfer saga credits the payee and starts a 30 s timeout, cancellable as
 //! `"timeout"`; the `Credited` event cancels it; the timeout, if it ever fires, refunds the payer.
 //!
+//! Each test runs twice: with the in-memory idiom (`Effect::delay(..).cancellable("timeout")`,
+//! `Effect::cancel("timeout")`) and with a durable deadline (`Effect::deadline_after("timeout", ..)`,
+//! `Effect::cancel_deadline("timeout")`), under the `TestStore` and under the saga runner: all four
+//! must agree.
+//!
 //! Regression: the old saga runner awaited the `Delay` inline before taking the next delivery, so the
 //! `Credited` delivery (and its cancel) came only after the timeout had fired, and every transfer was
 //! refunded. The timeout's refund is unconditional here on purpose: only the cancel stops it.
@@ -66,7 +71,18 @@ struct Transfer {
     status: Status,
 }
 
-struct TransferSaga;
+/// How the saga times a transfer out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// A cancellable in-memory delay.
+    Delay,
+    /// A durable deadline.
+    Deadline,
+}
+
+const TIMERS: [Timer; 2] = [Timer::Delay, Timer::Deadline];
+
+struct TransferSaga(Timer);
 
 impl Reducer for TransferSaga {
     type State = Transfer;
@@ -78,14 +94,18 @@ impl Reducer for TransferSaga {
             TransferAction::Requested(r) => {
                 state.status = Status::Pending;
                 state.request = Some(r.clone());
-                smallvec![
-                    Effect::dispatch(AccountCommand::Credit { account: r.to, transfer: r.transfer, amount: r.amount }),
-                    Effect::delay(TIMEOUT, TransferAction::Timeout).cancellable("timeout"),
-                ]
+                let timeout = match self.0 {
+                    Timer::Delay => Effect::delay(TIMEOUT, TransferAction::Timeout).cancellable("timeout"),
+                    Timer::Deadline => Effect::deadline_after("timeout", TIMEOUT, TransferAction::Timeout),
+                };
+                smallvec![Effect::dispatch(AccountCommand::Credit { account: r.to, transfer: r.transfer, amount: r.amount }), timeout]
             }
             TransferAction::Credited => {
                 state.status = Status::Credited;
-                smallvec![Effect::cancel("timeout")]
+                match self.0 {
+                    Timer::Delay => smallvec![Effect::cancel("timeout")],
+                    Timer::Deadline => smallvec![Effect::cancel_deadline("timeout")],
+                }
             }
             TransferAction::Timeout => {
                 // Unconditional on purpose: the cancel is what must stop it.
@@ -149,18 +169,18 @@ fn request(transfer: &str, to: &str) -> TransferRequested {
 
 #[tokio::test]
 async fn test_store_a_credited_transfer_cancels_its_timeout_and_is_never_refunded() {
-    for i in 0..50 {
+    for (i, timer) in (0..50).flat_map(|i| TIMERS.map(|t| (i, t))) {
         let r = request(&format!("t-{i}"), "bob");
-        let mut s = TestStore::new(Transfer::default(), TransferSaga, ());
+        let mut s = TestStore::new(Transfer::default(), TransferSaga(timer), ());
         s.send(TransferAction::Requested(r.clone()), |st| {
             st.status = Status::Pending;
             st.request = Some(r.clone());
         });
         s.settle().await;
-        assert_eq!(s.clock().pending_sleepers(), 1, "the timeout is running");
+        assert_eq!(s.clock().pending_sleepers(), 1, "{timer:?}: the timeout is running");
         s.send(TransferAction::Credited, |st| st.status = Status::Credited);
         s.settle().await;
-        assert_eq!(s.clock().pending_sleepers(), 0, "the cancelled timeout left the clock");
+        assert_eq!(s.clock().pending_sleepers(), 0, "{timer:?}: the cancelled timeout left the clock");
         s.advance(TIMEOUT + Duration::from_secs(1)).await;
         let dispatched = s.dispatched();
         assert_eq!(dispatched.len(), 1, "only the credit, no refund: {dispatched:?}");
@@ -171,8 +191,14 @@ async fn test_store_a_credited_transfer_cancels_its_timeout_and_is_never_refunde
 
 #[tokio::test]
 async fn test_store_a_transfer_whose_credit_never_lands_is_refunded_after_30_s() {
+    for timer in TIMERS {
+        test_store_lost_credit(timer).await;
+    }
+}
+
+async fn test_store_lost_credit(timer: Timer) {
     let r = request("t-lost", "blackhole");
-    let mut s = TestStore::new(Transfer::default(), TransferSaga, ());
+    let mut s = TestStore::new(Transfer::default(), TransferSaga(timer), ());
     s.send(TransferAction::Requested(r.clone()), |st| {
         st.status = Status::Pending;
         st.request = Some(r.clone());
@@ -199,15 +225,19 @@ async fn eventually<T: PartialEq + std::fmt::Debug>(what: &str, expected: T, mut
 
 #[tokio::test]
 async fn saga_runner_a_credited_transfer_cancels_its_timeout_and_only_the_lost_credit_is_refunded() {
-    saga_runner_bank().await;
+    for timer in TIMERS {
+        saga_runner_bank(timer).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn saga_runner_on_a_multi_thread_runtime_refunds_only_the_lost_credit() {
-    saga_runner_bank().await;
+    for timer in TIMERS {
+        saga_runner_bank(timer).await;
+    }
 }
 
-async fn saga_runner_bank() {
+async fn saga_runner_bank(timer: Timer) {
     const N: usize = 50;
     let clock = TestClock::new();
     let store = Arc::new(InMemoryEventStore::new());
@@ -218,7 +248,7 @@ async fn saga_runner_bank() {
     router.register::<AccountCommand>(Arc::new(CreditGateway { accounts: AggregateHandler::new(Account, (), executor.clone()) })).unwrap();
     let refunds = Arc::new(Recording::named("refunds"));
     router.register::<Refund>(refunds.clone()).unwrap();
-    let worker = SagaRunner::new(TransferSaga, (), executor.clone()).spawn().await.unwrap();
+    let worker = SagaRunner::new(TransferSaga(timer), (), executor.clone()).spawn().await.unwrap();
 
     for i in 0..N {
         bus.publish(TRANSFERS, &requested(&format!("t-{i}"), "bob")).await.unwrap();
@@ -227,7 +257,14 @@ async fn saga_runner_bank() {
 
     // Every request and every credit handled (each credit delivery cancels its timeout).
     eventually("every transfer and credit is applied", (2 * N + 1) as u64, || worker.stats().applied).await;
-    eventually("only the lost credit's timeout is left on the clock", 1, || clock.pending_sleepers()).await;
+    match timer {
+        // The worker's deadline poll sleeps on the clock too.
+        Timer::Delay => eventually("only the lost credit's timeout (and the deadline poll) is left on the clock", 2, || clock.pending_sleepers()).await,
+        Timer::Deadline => {
+            let left = store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 100).await.unwrap();
+            assert_eq!(left.iter().map(|d| d.owner.instance.as_str()).collect::<Vec<_>>(), vec!["t-lost"], "only the lost credit's deadline is stored");
+        }
+    }
     assert!(refunds.commands().is_empty(), "nothing refunded before 30 s");
 
     clock.advance(TIMEOUT + Duration::from_secs(1)).await;
@@ -239,7 +276,7 @@ async fn saga_runner_bank() {
 
     let stats = worker.shutdown().await;
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");
-    let checker = SagaRunner::new(TransferSaga, (), executor.clone());
+    let checker = SagaRunner::new(TransferSaga(timer), (), executor.clone());
     for i in 0..N {
         let t = format!("t-{i}");
         assert_eq!(checker.load_instance(&t).await.unwrap().status, Status::Credited, "{t}");
@@ -247,6 +284,111 @@ async fn saga_runner_bank() {
         assert_eq!(steps.len(), 2, "{t}: requested and credited, no timeout step");
     }
     assert_eq!(checker.load_instance("t-lost").await.unwrap().status, Status::Refunded);
+    assert!(store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 100).await.unwrap().is_empty(), "the fired deadline is completed");
+    if timer == Timer::Deadline {
+        assert_eq!(stats.deadlines_fired, 1, "{stats:?}");
+    }
     let bob = AggregateHandler::new(Account, (), executor).load("bob", None).await.unwrap().state;
     assert_eq!((bob.balance, bob.credited.len()), (10 * N as u64, N), "every credit booked once");
+}
+
+/// A deadline pending when every worker stops fires after they come back, once, although two
+/// workers (fresh executors, as after a restart) look for it at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_pending_while_no_worker_runs_fires_once_after_restart() {
+    let clock = TestClock::new();
+    let store = Arc::new(InMemoryEventStore::new());
+    let bus = Arc::new(InMemoryEventBus::new());
+    let refunds = Arc::new(Recording::named("refunds"));
+    let start = |with_worker: bool| {
+        let (store, bus, clock, refunds) = (store.clone(), bus.clone(), clock.clone(), refunds.clone());
+        async move {
+            let router = CommandRouter::new();
+            let executor = Executor::builder().store(store).bus(bus).commands(router.clone()).clock(Arc::new(clock)).retry(RetryPolicy::NONE).build();
+            router.register::<AccountCommand>(Arc::new(CreditGateway { accounts: AggregateHandler::new(Account, (), executor.clone()) })).unwrap();
+            router.register::<Refund>(refunds).unwrap();
+            let runner = SagaRunner::new(TransferSaga(Timer::Deadline), (), executor.clone());
+            if with_worker { (Some(runner.spawn().await.unwrap()), None) } else { (None, Some(runner)) }
+        }
+    };
+    let (first, _) = start(true).await;
+    let first = first.unwrap();
+    bus.publish(TRANSFERS, &requested("t-lost", "blackhole")).await.unwrap();
+    eventually("the request is applied", 1, || first.stats().applied).await;
+    first.shutdown().await;
+    assert_eq!(store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 10).await.unwrap().len(), 1, "stored, not in a timer");
+
+    // Due while nobody runs.
+    clock.advance(TIMEOUT * 2).await;
+    assert!(refunds.commands().is_empty());
+    let (a, _) = start(true).await;
+    let (b, _) = start(true).await;
+    let (a, b) = (a.unwrap(), b.unwrap());
+    eventually("the late deadline fires", 1, || a.stats().deadlines_fired + b.stats().deadlines_fired).await;
+    clock.advance(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (sa, sb) = (a.shutdown().await, b.shutdown().await);
+    assert_eq!(sa.deadlines_fired + sb.deadlines_fired, 1, "{sa:?} {sb:?}");
+    assert_eq!(refunds.commands().len(), 1, "refunded once: {:?}", refunds.commands());
+    let steps = store.read_stream(&SagaRunner::<TransferSaga>::instance_stream("t-lost").unwrap(), composable_rust_core::Version(1), 10).await.unwrap();
+    assert_eq!(steps.len(), 2, "requested, then the deadline's step, once");
+    assert!(store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 10).await.unwrap().is_empty());
+}
+
+/// The step that scheduled a deadline, delivered again, schedules nothing more; fired by hand
+/// (`fire_due_deadlines`) twice, the deadline reaches the instance once.
+#[tokio::test]
+async fn redelivery_schedules_no_second_deadline_and_a_deadline_fires_once() {
+    let clock = TestClock::new();
+    let store = Arc::new(InMemoryEventStore::new());
+    let router = CommandRouter::new();
+    let executor = Executor::builder().store(store.clone()).commands(router.clone()).clock(Arc::new(clock.clone())).retry(RetryPolicy::NONE).build();
+    router.register::<AccountCommand>(Arc::new(Recording::named("credits"))).unwrap();
+    let refunds = Arc::new(Recording::named("refunds"));
+    router.register::<Refund>(refunds.clone()).unwrap();
+    let runner = SagaRunner::new(TransferSaga(Timer::Deadline), (), executor);
+    let event = requested("t-1", "bob");
+    runner.handle_event(&event).await.unwrap();
+    let first = store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 10).await.unwrap();
+    runner.handle_event(&event).await.unwrap();
+    assert_eq!(store.deadlines(&SagaRunner::<TransferSaga>::consumer(), None, 10).await.unwrap(), first, "the redelivery changed no deadline");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].due_at, composable_rust_core::Clock::now(&clock) + chrono::Duration::from_std(TIMEOUT).unwrap(), "due on the executor's clock");
+
+    assert_eq!(runner.fire_due_deadlines().await.unwrap(), 0, "not due yet");
+    clock.advance(TIMEOUT).await;
+    assert_eq!(runner.fire_due_deadlines().await.unwrap(), 1);
+    assert_eq!(runner.fire_due_deadlines().await.unwrap(), 0, "completed");
+    assert_eq!(runner.load_instance("t-1").await.unwrap().status, Status::Refunded);
+    assert_eq!(refunds.commands().len(), 1);
+}
+
+/// The saga scenario's virtual clock fires deadlines the `given` steps scheduled, and never a
+/// cancelled one.
+#[test]
+fn scenario_time_fires_due_deadlines_and_never_a_cancelled_one() {
+    use composable_rust_core::Due;
+    use composable_rust_testing::SagaScenario;
+    let r = request("t-1", "bob");
+    let refund = Refund { account: "alice".into(), transfer: "t-1".into(), amount: 10 };
+
+    SagaScenario::new(TransferSaga(Timer::Deadline), (), "t-1").when(TransferAction::Requested(r.clone())).expect_deadline(
+        "timeout",
+        Due::After(TIMEOUT),
+        &TransferAction::Timeout,
+    );
+
+    let early = SagaScenario::new(TransferSaga(Timer::Deadline), (), "t-1").given([TransferAction::Requested(r.clone())]);
+    assert_eq!(early.pending_deadlines(), vec![("timeout", TIMEOUT)]);
+    early.when_time_passes(Duration::from_secs(29)).expect_no_commands().check_state(|s| assert_eq!(s.status, Status::Pending));
+
+    SagaScenario::new(TransferSaga(Timer::Deadline), (), "t-1")
+        .given([TransferAction::Requested(r.clone())])
+        .when_time_passes(TIMEOUT)
+        .expect_commands(&[refund])
+        .check_state(|s| assert_eq!(s.status, Status::Refunded));
+
+    let credited = SagaScenario::new(TransferSaga(Timer::Deadline), (), "t-1").given([TransferAction::Requested(r), TransferAction::Credited]);
+    assert!(credited.pending_deadlines().is_empty(), "the credit cancelled the timeout");
+    credited.when_time_passes(TIMEOUT * 10).expect_no_commands().check_state(|s| assert_eq!(s.status, Status::Credited));
 }

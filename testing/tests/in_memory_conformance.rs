@@ -78,3 +78,17 @@ async fn an_exclusive_listener_cannot_nack() {
     let d = listener.next().await.unwrap().unwrap();
     assert_eq!(d.nack().await, Err(EventBusError::RedeliveryUnsupported), "a listen-only delivery says it cannot be redelivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_event_store_passes_the_deadline_conformance_suite() {
+    composable_rust_testing::conformance::deadlines::run_all(|| async { Arc::new(InMemoryEventStore::new()) as Arc<dyn EventStore> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_store_passes_the_read_side_conformance_suite() {
+    composable_rust_testing::conformance::read_model::run_all(|| async {
+        let store = Arc::new(InMemoryEventStore::new());
+        (store.clone() as Arc<dyn EventStore>, store as Arc<dyn composable_rust_core::ReadModelStore>)
+    })
+    .await;
+}

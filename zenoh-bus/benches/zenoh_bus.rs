@@ -25,7 +25,7 @@ fn event(version: u64) -> SerializedEvent {
 }
 
 async fn bus_throughput(n: usize) -> f64 {
-    let bus = ZenohEventBus::open(ZenohConfig::embedded().subscriber_capacity(n)).await.unwrap();
+    let bus = ZenohEventBus::connect_with(ZenohConfig::embedded().with_subscriber_capacity(n)).await.unwrap();
     let mut s = bus.subscribe_with(&["Order"], SubscribeOptions::exclusive()).await.unwrap();
     let events: Vec<SerializedEvent> = (0..n as u64).map(event).collect();
     let consumer = tokio::spawn(async move {
@@ -44,7 +44,7 @@ async fn bus_throughput(n: usize) -> f64 {
 }
 
 async fn raw_throughput(n: usize) -> f64 {
-    let session = zenoh::open(ZenohConfig::embedded().to_zenoh().unwrap()).await.unwrap();
+    let session = zenoh::open(ZenohConfig::embedded().raw_zenoh_config().unwrap()).await.unwrap();
     let sub = session.declare_subscriber("events/Order/**").with(flume::bounded(n)).await.unwrap();
     let topic = composable_rust_core::Topic::new("Order").unwrap();
     let events: Vec<SerializedEvent> = (0..n as u64).map(event).collect();
@@ -85,7 +85,7 @@ async fn bus_latency() -> (Duration, Duration) {
 }
 
 async fn raw_latency() -> (Duration, Duration) {
-    let session = zenoh::open(ZenohConfig::embedded().to_zenoh().unwrap()).await.unwrap();
+    let session = zenoh::open(ZenohConfig::embedded().raw_zenoh_config().unwrap()).await.unwrap();
     let sub = session.declare_subscriber("events/Order/**").with(flume::bounded(1024)).await.unwrap();
     let topic = composable_rust_core::Topic::new("Order").unwrap();
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use composable_rust_core::dead_letter::{DeadLetter, DeadLetterSink};
 use composable_rust_core::event_bus::BusCause;
 use composable_rust_core::topic::parse_patterns;
 use composable_rust_core::{
@@ -68,6 +69,8 @@ struct Feed {
     stats: Arc<ZenohStats>,
     /// Set when the subscription replays history: what was already delivered.
     recent: Option<Mutex<RecentIds>>,
+    /// Where samples that are not events are recorded.
+    dead_letters: Arc<dyn DeadLetterSink>,
 }
 
 impl Feed {
@@ -88,6 +91,7 @@ impl Feed {
                     Err(e) => {
                         self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "zenoh sample is not a composable-rust event");
+                        self.dead_letters.record(DeadLetter::now(format!("zenoh sample on {}", sample.key_expr()), e.to_string(), 1, None));
                         return Some(Err(e));
                     }
                 },
@@ -146,7 +150,7 @@ fn decode_sample(sample: &Sample, filter: &Filter) -> Result<Option<Arc<BusMessa
         return Ok(None);
     }
     let payload = Bytes::from(sample.payload().to_bytes().into_owned());
-    let event = metadata::decode(sample.attachment(), payload).map_err(|source| EventBusError::Decode { topic: key.to_owned(), source })?;
+    let event = metadata::raw_decode(sample.attachment(), payload).map_err(|source| EventBusError::Decode { topic: key.to_owned(), source })?;
     Ok(Some(Arc::new(BusMessage { topic, event })))
 }
 
@@ -172,37 +176,57 @@ struct Inner {
 
 impl std::fmt::Debug for ZenohEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZenohEventBus").field("zid", &self.inner.session.zid()).field("mode", &self.inner.config.mode).finish_non_exhaustive()
+        f.debug_struct("ZenohEventBus").field("zid", &self.inner.session.zid()).field("mode", self.inner.config.mode()).finish_non_exhaustive()
     }
 }
 
 impl ZenohEventBus {
-    /// An embedded bus: an in-process Zenoh session with no network activity.
+    /// An embedded bus: an in-process Zenoh session with no network activity (the same as
+    /// `connect("zenoh:")`).
     pub async fn embedded() -> Result<Self, ZenohError> {
-        Self::open(ZenohConfig::embedded()).await
+        Self::connect_with(ZenohConfig::embedded()).await
+    }
+
+    /// Opens the session a composable-rust Zenoh URL names (`zenoh:` embedded,
+    /// `zenoh:peer?listen=ENDPOINT&connect=ENDPOINT`, see [`ZenohConfig::from_url`]).
+    pub async fn connect(url: &str) -> Result<Self, ZenohError> {
+        Self::connect_with(ZenohConfig::from_url(url)?).await
     }
 
     /// Opens a session with `config`.
-    pub async fn open(config: ZenohConfig) -> Result<Self, ZenohError> {
-        let zenoh_config = config.to_zenoh()?;
+    pub async fn connect_with(config: ZenohConfig) -> Result<Self, ZenohError> {
+        let zenoh_config = config.raw_zenoh_config()?;
         let session = zenoh::open(zenoh_config).await.map_err(|e| ZenohError::Open { reason: e.to_string() })?;
-        tracing::debug!(zid = %session.zid(), mode = ?config.mode, "zenoh session opened");
-        Self::from_session(session, config)
+        tracing::debug!(zid = %session.zid(), mode = ?config.mode(), "zenoh session opened");
+        Self::from_raw_session(session, config)
     }
 
-    /// Wraps a session the caller opened (its settings are the caller's; `config` only supplies the
-    /// bus's own settings: buffers and history).
-    pub fn from_session(session: zenoh::Session, config: ZenohConfig) -> Result<Self, ZenohError> {
-        let history = match config.history {
+    /// **Escape hatch**: wraps a session the caller opened (its settings are the caller's; `config`
+    /// only supplies the bus's own settings: buffers, history, dead letters). Using it ties your code
+    /// to the zenoh version this crate depends on; everything else in this crate's API is free of it.
+    pub fn from_raw_session(session: zenoh::Session, config: ZenohConfig) -> Result<Self, ZenohError> {
+        let history = match config.history() {
             0 => None,
             capacity => Some(History::serve(&session, capacity).map_err(|reason| ZenohError::Open { reason })?),
         };
         Ok(Self { inner: Arc::new(Inner { history, session, config, groups: Mutex::default(), stats: Arc::default() }) })
     }
 
-    /// The underlying session (for raw access, or to declare queryables beside the bus).
-    pub fn session(&self) -> &zenoh::Session {
+    /// **Escape hatch**: the underlying Zenoh session (for raw access, or to declare queryables
+    /// beside the bus). Using it ties your code to the zenoh version this crate depends on.
+    pub fn raw_session(&self) -> &zenoh::Session {
         &self.inner.session
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ZenohConfig {
+        &self.inner.config
+    }
+
+    /// Where this bus records the samples it could not deliver (not composable-rust events):
+    /// [`ZenohConfig::with_dead_letters`], a bounded in-memory record by default.
+    pub fn dead_letter_sink(&self) -> &Arc<dyn DeadLetterSink> {
+        self.inner.config.dead_letter_sink()
     }
 
     /// The bus's counters.
@@ -234,7 +258,7 @@ impl ZenohEventBus {
     }
 
     fn open_feed(&self, key_exprs: &[String], filter: &Filter, group: String) -> Result<Feed, BusCause> {
-        let (tx, rx) = flume::bounded(self.inner.config.subscriber_capacity);
+        let (tx, rx) = flume::bounded(self.inner.config.subscriber_capacity());
         let missed = Arc::new(AtomicU64::new(0));
         let mut subscribers = Vec::with_capacity(key_exprs.len());
         for key_expr in key_exprs {
@@ -255,7 +279,7 @@ impl ZenohEventBus {
                 .map_err(|e| BusCause::context(format!("cannot subscribe to key expression {key_expr:?}"), BusCause::from_boxed(e)))?;
             subscribers.push(subscriber);
         }
-        let replay = self.inner.config.replay_history;
+        let replay = self.inner.config.replay_history();
         if replay {
             // After the subscribers exist, so an event is either live, replayed, or both (de-duplicated).
             for key_expr in key_exprs {
@@ -277,7 +301,8 @@ impl ZenohEventBus {
             }
         }
         let recent = replay.then(|| Mutex::new(RecentIds::default()));
-        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group, filter: filter.clone(), stats: Arc::clone(&self.inner.stats), recent })
+        let dead_letters = Arc::clone(self.inner.config.dead_letter_sink());
+        Ok(Feed { _subscribers: subscribers, tx, rx, missed, group, filter: filter.clone(), stats: Arc::clone(&self.inner.stats), recent, dead_letters })
     }
 }
 
@@ -312,7 +337,7 @@ impl EventBus for ZenohEventBus {
         let topic = Topic::new(topic)?;
         let span = tracing::debug_span!("zenoh.publish", topic = %topic, event_type = %event.event_type, event_id = %event.event_id);
         let _enter = span.enter();
-        let attachment = metadata::encode(event);
+        let attachment = metadata::raw_encode(event);
         let failed = |cause: BusCause| EventBusError::publish_failed(topic.as_str(), cause, true);
         if let Some(session_id) = event.metadata.headers.get(SESSION_HEADER) {
             self.put(keys::session_event_key(session_id, &topic, event), event, attachment.clone()).map_err(failed)?;

@@ -8,12 +8,34 @@
 //! use composable_rust_core::{EventBus, SerializedEvent};
 //! use composable_rust_zenoh::{ZenohConfig, ZenohEventBus};
 //!
-//! let embedded = ZenohEventBus::embedded().await?;
-//! let peer = ZenohEventBus::open(ZenohConfig::peer().listen("tcp/127.0.0.1:7447")).await?;
+//! let embedded = ZenohEventBus::connect("zenoh:").await?; // or ZenohEventBus::embedded()
+//! let peer = ZenohEventBus::connect_with(ZenohConfig::peer().with_listen("tcp/127.0.0.1:7447")).await?;
 //! let mut orders = peer.subscribe(&["Order"]).await?;
 //! embedded.publish("Order", &SerializedEvent::new("OrderPlaced.v1", vec![1, 2, 3], None)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Connecting
+//!
+//! Like every backend: [`ZenohEventBus::connect`] takes the URL the `composable-rust` facade takes
+//! (`zenoh:` embedded, `zenoh:peer?listen=ENDPOINT&connect=ENDPOINT`), [`ZenohEventBus::connect_with`]
+//! a [`ZenohConfig`] built with `with_*` setters. Samples the bus cannot deliver go to the configured
+//! [`DeadLetterSink`](composable_rust_core::DeadLetterSink) (a bounded in-memory one by default).
+//! Zenoh's own types are reachable only through the escape hatches
+//! [`ZenohEventBus::raw_session`], [`ZenohEventBus::from_raw_session`],
+//! [`ZenohConfig::raw_zenoh_config`] and [`metadata::raw_encode`] / [`metadata::raw_decode`], which
+//! tie your code to the zenoh version this crate uses.
+//!
+//! ## Guarantees of `ZenohEventBus`
+//!
+//! | guarantee | what this backend does |
+//! |---|---|
+//! | delivery | at most once, live: to the subscriptions that match when `publish` runs, while the peers are connected; `Ok` means Zenoh took the sample for routing, not a broker acknowledgement; opt-in history replays a publisher's latest events to late subscribers |
+//! | ordering | per publisher and key, publish order |
+//! | durability | none: nothing is stored (opt-in history is in the publisher's memory) |
+//! | redelivery / ack | named groups are local to one bus instance: `nack` puts the delivery back into the group's buffer; an exclusive subscriber needs no `ack` and its `nack` is refused; nothing is redelivered across processes |
+//! | dead letters | a sample that is not an event (no attachment, a key outside the layout) is recorded in the dead-letter sink and reported as a `Decode` item; samples dropped by a full buffer are counted and reported as `Lagged`, not recorded (their content is gone) |
+//! | limits | `subscriber_capacity` (65,536) samples buffered per subscription; the `tcp` transport only; groups do not span processes |
 //!
 //! ## Keys
 //! Events are put under `events/{topic}/{stream_id}/{stream_version}`; see [`keys`] for the exact
@@ -25,7 +47,7 @@
 //! The payload is the event's data as it is; id, type, stream position, correlation, causation, time
 //! and headers travel in the attachment as string pairs any Zenoh binding reads ([`metadata`]).
 //!
-//! ## Guarantees, and what Zenoh does not give
+//! ## Details: what Zenoh does and does not give
 //! - `publish` puts with Zenoh's default reliable reliability and `CongestionControl::Block`: a
 //!   congested link slows the publisher rather than dropping a sample after `publish` returned `Ok`.
 //!   `Ok` means Zenoh accepted the sample for routing to the subscribers that match *now*; it is not
@@ -35,9 +57,9 @@
 //!   before it subscribed, are not delivered later, and nothing survives a restart. Recover from the
 //!   event store (`EventStore::read_all` from the last position you handled); the runtime's outbox
 //!   relay republishes what a crashed publisher never sent.
-//! - Opt-in history: a publishing bus with [`ZenohConfig::history`]`(n)` keeps its latest `n` events
+//! - Opt-in history: a publishing bus with [`ZenohConfig::with_history`]`(n)` keeps its latest `n` events
 //!   in memory and serves them to queries; a subscribing bus with
-//!   [`ZenohConfig::replay_history`]`(true)` asks every reachable publisher for the retained events
+//!   [`ZenohConfig::with_replay_history`]`(true)` asks every reachable publisher for the retained events
 //!   matching each subscription, right after subscribing, and delivers them with the live ones, each
 //!   event once. It is best effort: a publisher that restarted or is unreachable has nothing to give,
 //!   and replayed events can interleave with live ones (their stream versions tell the order).
@@ -47,7 +69,8 @@
 //!   reported as one [`EventBusError::Lagged`](composable_rust_core::EventBusError::Lagged) item with
 //!   the count ([`ZenohStats::lagged`]). Samples that are not composable-rust events (no or a bad
 //!   attachment, a key outside the layout) are reported as
-//!   [`EventBusError::Decode`](composable_rust_core::EventBusError::Decode) items; the stream goes on.
+//!   [`EventBusError::Decode`](composable_rust_core::EventBusError::Decode) items and recorded in the
+//!   dead-letter sink ([`ZenohEventBus::dead_letter_sink`]); the stream goes on.
 //! - **Consumer groups are local to one bus instance**: members of a named group subscribed through
 //!   the same `ZenohEventBus` share one buffer (each event goes to one member), and `nack` puts a
 //!   delivery back into it. Two processes subscribing with the same group name each receive every

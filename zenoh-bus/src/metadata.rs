@@ -68,8 +68,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Encodes everything but the payload.
-pub fn encode(event: &SerializedEvent) -> ZBytes {
+/// **Escape hatch** (returns a zenoh type, so it ties your code to the zenoh version this crate
+/// depends on): the attachment of `event`, everything but the payload, for a raw `put` that other
+/// buses read as an event.
+pub fn raw_encode(event: &SerializedEvent) -> ZBytes {
     let m = &event.metadata;
     let mut id_buf = Uuid::encode_buffer();
     let id = event.event_id.as_hyphenated().encode_lower(&mut id_buf);
@@ -148,8 +150,9 @@ fn utf8(bytes: &[u8]) -> Result<&str, CodecError> {
     std::str::from_utf8(bytes).map_err(|_| malformed("a string is not UTF-8"))
 }
 
-/// Rebuilds the event from a sample's attachment and payload.
-pub fn decode(attachment: Option<&ZBytes>, payload: Bytes) -> Result<SerializedEvent, CodecError> {
+/// **Escape hatch** (takes a zenoh type, so it ties your code to the zenoh version this crate
+/// depends on): rebuilds the event from a raw sample's attachment and payload.
+pub fn raw_decode(attachment: Option<&ZBytes>, payload: Bytes) -> Result<SerializedEvent, CodecError> {
     let attachment = attachment.ok_or_else(|| malformed("no attachment: the sample was not published by a composable-rust bus"))?;
     let bytes = attachment.to_bytes();
     let mut r = Reader { bytes: &bytes };
@@ -204,7 +207,7 @@ mod tests {
         let mut e = SerializedEvent::new("OrderPlaced.v1", Bytes::from_static(b"payload"), Some(m));
         e.stream_id = Some(StreamId::new("order-1").unwrap());
         e.stream_version = Some(Version(7));
-        let back = decode(Some(&encode(&e)), e.data.clone()).unwrap();
+        let back = raw_decode(Some(&raw_encode(&e)), e.data.clone()).unwrap();
         assert_eq!(back, e);
     }
 
@@ -213,12 +216,12 @@ mod tests {
         let mut m = EventMetadata::now().with_causation_id("c".repeat(300));
         m.headers.insert("h".into(), "v".into());
         let e = SerializedEvent::new("T.v1", Bytes::new(), Some(m));
-        let pairs: std::collections::HashMap<String, String> = zenoh_ext::z_deserialize(&encode(&e)).unwrap();
+        let pairs: std::collections::HashMap<String, String> = zenoh_ext::z_deserialize(&raw_encode(&e)).unwrap();
         assert_eq!(pairs[names::EVENT_ID], e.event_id.to_string());
         assert_eq!(pairs[names::CAUSATION_ID], "c".repeat(300), "lengths above 127 take two LEB128 bytes");
         assert_eq!(pairs["cr-header-h"], "v");
         let written = zenoh_ext::z_serialize(&pairs.into_iter().collect::<Vec<(String, String)>>());
-        assert_eq!(decode(Some(&written), Bytes::new()).unwrap(), e);
+        assert_eq!(raw_decode(Some(&written), Bytes::new()).unwrap(), e);
     }
 
     #[test]
@@ -245,20 +248,20 @@ mod tests {
 
     #[test]
     fn truncated_attachments_are_errors_not_panics() {
-        let full = encode(&SerializedEvent::new("T.v1", Bytes::new(), None)).to_bytes().into_owned();
+        let full = raw_encode(&SerializedEvent::new("T.v1", Bytes::new(), None)).to_bytes().into_owned();
         for cut in 0..full.len() {
-            let err = decode(Some(&ZBytes::from(full[..cut].to_vec())), Bytes::new());
+            let err = raw_decode(Some(&ZBytes::from(full[..cut].to_vec())), Bytes::new());
             assert!(err.is_err(), "cut at {cut} decoded");
         }
     }
 
     #[test]
     fn foreign_samples_are_typed_errors() {
-        assert!(matches!(decode(None, Bytes::new()), Err(CodecError::Malformed { .. })));
+        assert!(matches!(raw_decode(None, Bytes::new()), Err(CodecError::Malformed { .. })));
         let junk = ZBytes::from(vec![0xff_u8, 0x01]);
-        assert!(matches!(decode(Some(&junk), Bytes::new()), Err(CodecError::Malformed { .. })));
+        assert!(matches!(raw_decode(Some(&junk), Bytes::new()), Err(CodecError::Malformed { .. })));
         let only_type = zenoh_ext::z_serialize(&vec![("cr-event-type".to_owned(), "X.v1".to_owned())]);
-        let err = decode(Some(&only_type), Bytes::new()).unwrap_err();
+        let err = raw_decode(Some(&only_type), Bytes::new()).unwrap_err();
         assert!(err.to_string().contains("missing cr-event-id"), "{err}");
     }
 }

@@ -42,10 +42,10 @@ async fn embedded_zenoh_bus_passes_the_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_mode_opens_no_network_endpoint() {
     let bus = embedded().await;
-    let info = bus.session().info();
+    let info = bus.raw_session().info();
     let peers: Vec<_> = info.peers_zid().await.collect();
     assert!(peers.is_empty(), "an embedded session must meet no peer: {peers:?}");
-    let config = ZenohConfig::embedded().to_zenoh().unwrap();
+    let config = ZenohConfig::embedded().raw_zenoh_config().unwrap();
     assert_eq!(config.get_json("listen/endpoints").unwrap(), "[]");
 }
 
@@ -104,10 +104,11 @@ async fn session_scoped_feeds_get_only_their_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_samples_are_reported_and_the_stream_goes_on() {
-    let bus = embedded().await;
+    let dead_letters = Arc::new(composable_rust_core::InMemoryDeadLetters::default());
+    let bus = ZenohEventBus::connect_with(ZenohConfig::embedded().with_dead_letters(dead_letters.clone())).await.unwrap();
     let mut s = bus.subscribe_with(&["events/**"], SubscribeOptions::exclusive()).await.unwrap();
-    bus.session().put("events/Order/x/1", "not an event").await.unwrap();
-    bus.session().put("events/not a topic!/x/1", "junk").await.unwrap();
+    bus.raw_session().put("events/Order/x/1", "not an event").await.unwrap();
+    bus.raw_session().put("events/not a topic!/x/1", "junk").await.unwrap();
     let e = stream_event("order-1", 1);
     bus.publish("Order", &e).await.unwrap();
     let err = next(&mut s, "foreign sample").await.unwrap_err();
@@ -117,11 +118,22 @@ async fn foreign_samples_are_reported_and_the_stream_goes_on() {
     assert!(matches!(err, EventBusError::Decode { .. }), "{err:?}");
     assert_eq!(next(&mut s, "after foreign samples").await.unwrap().event(), &e);
     assert_eq!(bus.stats().undecodable(), 2);
+    let letters = dead_letters.letters();
+    assert_eq!(letters.len(), 2, "each foreign sample is a dead letter in the configured sink: {letters:?}");
+    assert_eq!(letters[0].what, "zenoh sample on events/Order/x/1");
+    assert!(letters[0].error.contains("no attachment"), "{letters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_takes_the_zenoh_url() {
+    let bus = ZenohEventBus::connect("zenoh:?capacity=8").await.unwrap();
+    assert_eq!(bus.config().subscriber_capacity(), 8);
+    assert!(matches!(ZenohEventBus::connect("zenoh:peer").await, Err(composable_rust_zenoh::ZenohError::InvalidUrl(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_subscription_reports_lag_instead_of_blocking_zenoh() {
-    let bus = ZenohEventBus::open(ZenohConfig::embedded().subscriber_capacity(4)).await.unwrap();
+    let bus = ZenohEventBus::connect_with(ZenohConfig::embedded().with_subscriber_capacity(4)).await.unwrap();
     let mut s = bus.subscribe_with(&["Order"], SubscribeOptions::exclusive()).await.unwrap();
     for v in 1..=10 {
         bus.publish("Order", &stream_event("order-1", v)).await.unwrap();
@@ -151,7 +163,7 @@ async fn mixing_patterns_and_native_expressions_or_bad_expressions_is_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_into_a_full_subscription_keeps_the_queue_error() {
-    let bus = ZenohEventBus::open(ZenohConfig::embedded().subscriber_capacity(1)).await.unwrap();
+    let bus = ZenohEventBus::connect_with(ZenohConfig::embedded().with_subscriber_capacity(1)).await.unwrap();
     let mut s = bus.subscribe_with(&["Order"], SubscribeOptions::group("g")).await.unwrap();
     bus.publish("Order", &stream_event("order-1", 1)).await.unwrap();
     let d = next(&mut s, "first").await.unwrap();
@@ -190,7 +202,7 @@ async fn without_history_a_late_subscriber_gets_only_what_comes_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaying_subscriber_gets_the_retained_history_then_live_events_each_once() {
-    let bus = ZenohEventBus::open(ZenohConfig::embedded().history(3).replay_history(true)).await.unwrap();
+    let bus = ZenohEventBus::connect_with(ZenohConfig::embedded().with_history(3).with_replay_history(true)).await.unwrap();
     for v in 1..=5 {
         bus.publish("Order", &stream_event("order-1", v)).await.unwrap();
     }
@@ -212,13 +224,13 @@ async fn a_replaying_subscriber_gets_the_retained_history_then_live_events_each_
 async fn a_peer_that_joins_late_replays_another_peers_history() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    let publisher = ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint).history(100)).await.unwrap();
+    let publisher = ZenohEventBus::connect_with(ZenohConfig::peer().with_listen(&endpoint).with_history(100)).await.unwrap();
     for v in 1..=4 {
         publisher.publish("Order", &stream_event("order-9", v)).await.unwrap();
     }
-    let late = ZenohEventBus::open(ZenohConfig::peer().connect(&endpoint).replay_history(true)).await.unwrap();
+    let late = ZenohEventBus::connect_with(ZenohConfig::peer().with_connect(&endpoint).with_replay_history(true)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while late.session().info().peers_zid().await.next().is_none() {
+    while late.raw_session().info().peers_zid().await.next().is_none() {
         assert!(std::time::Instant::now() < deadline, "the peers never connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -52,7 +52,7 @@ async fn in_memory_to_zenoh_and_back() {
 async fn a_failing_zenoh_secondary_is_counted_or_fails_the_publish_as_configured() {
     let memory = Arc::new(InMemoryEventBus::new());
     let zenoh = Arc::new(ZenohEventBus::embedded().await.unwrap());
-    zenoh.session().close().await.unwrap();
+    zenoh.raw_session().close().await.unwrap();
     let err = zenoh.publish("orders", &numbered(0)).await.unwrap_err();
     assert!(err.is_retryable(), "a closed session is a retryable publish failure: {err}");
 

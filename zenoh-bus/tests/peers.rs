@@ -57,7 +57,7 @@ async fn child_subscriber() {
     let (connect, key_expr, expected) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap().parse::<usize>().unwrap());
     // libtest has already printed `test child_subscriber ... ` without a newline: start our lines afresh.
     println!();
-    let bus = ZenohEventBus::open(ZenohConfig::peer().connect(connect)).await.unwrap();
+    let bus = ZenohEventBus::connect_with(ZenohConfig::peer().with_connect(connect)).await.unwrap();
     let mut s = bus.subscribe_with(&[key_expr], SubscribeOptions::exclusive()).await.unwrap();
     let mut real = 0;
     loop {
@@ -120,7 +120,7 @@ fn collect(rx: &mpsc::Receiver<String>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zenoh_peers_in_separate_processes_filter_by_key_expression() {
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let publisher = ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint)).await.expect("listening peer");
+    let publisher = ZenohEventBus::connect_with(ZenohConfig::peer().with_listen(&endpoint)).await.expect("listening peer");
     let (_wide, wide_rx) = spawn_child(&endpoint, "events/Order/**", 9);
     let (_narrow, narrow_rx) = spawn_child(&endpoint, "events/Order/order-1/**", 3);
     probe_until_ready(&publisher, &[&wide_rx, &narrow_rx], "probe").await;
@@ -150,7 +150,7 @@ async fn a_stock_python_zenoh_client_reads_events_and_metadata() {
         return;
     }
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let publisher = ZenohEventBus::open(ZenohConfig::peer().listen(&endpoint)).await.expect("listening peer");
+    let publisher = ZenohEventBus::connect_with(ZenohConfig::peer().with_listen(&endpoint)).await.expect("listening peer");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop_sub.py");
     let mut child = Command::new("python3").args([script, &endpoint, "events/**"]).stdout(Stdio::piped()).spawn().expect("run python3");
     let out = lines(child.stdout.take().unwrap());

@@ -3,4 +3,5 @@
 
 pub mod app;
 pub mod domain;
+pub mod projection;
 pub mod saga;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use checkout_saga::app::{self, BusUrl, Config, Faults, Role, StoreUrl, parse_bus, parse_store};
+use checkout_saga::app::{self, BusUrl, Config, Faults, Role, SagaFeed, StoreUrl, parse_bus, parse_store};
 use clap::Parser;
 
 /// Runs N checkouts through the Order, Inventory and Payment aggregates and the CheckoutSaga, then
@@ -11,6 +11,8 @@ use clap::Parser;
 /// not balance.
 #[derive(Debug, Parser)]
 #[command(version, about)]
+// Command-line switches are bools by nature.
+#[allow(clippy::struct_excessive_bools)]
 struct Args {
     /// Orders to place.
     #[arg(long, default_value_t = 300)]
@@ -21,6 +23,13 @@ struct Args {
     /// Every K-th order asks for an out-of-stock SKU (0: never).
     #[arg(long, default_value_t = 11)]
     out_of_stock_every: usize,
+    /// Every K-th order pays with a card whose provider never answers (0: never): the saga's
+    /// payment deadline cancels it and releases its stock.
+    #[arg(long, default_value_t = 0)]
+    slow_payments_every: usize,
+    /// How long the saga waits for a payment (a durable deadline) before cancelling the order.
+    #[arg(long, default_value_t = 30_000)]
+    payment_timeout_ms: u64,
     /// Seed for SKUs, quantities and injected faults.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -66,6 +75,22 @@ struct Args {
     /// `--workers` saga workers until standard input closes, then print their statistics as JSON.
     #[arg(long, default_value = "all")]
     role: String,
+    /// Rebuild the order summary projection from the store first (a shadow copy swapped in while
+    /// the live one serves). With `--orders 0`, only that: prints the rebuilt summary as JSON.
+    #[arg(long)]
+    rebuild_projections: bool,
+    /// Where saga workers take events from: `auto` (the store when it is durable and the bus is
+    /// in-memory or Zenoh, so a restart loses nothing; the bus otherwise), `bus` or `store`.
+    #[arg(long, default_value = "auto")]
+    saga_feed: String,
+    /// Abort the process (as if killed: no clean shutdown) once N orders are placed. A second run
+    /// over the same durable store finishes them.
+    #[arg(long)]
+    crash_after: Option<usize>,
+    /// Also wait until every order in the store, earlier runs' included, is final (by the order
+    /// summary projection); a problem if some are not.
+    #[arg(long)]
+    await_all_orders: bool,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -87,6 +112,13 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn,zenoh::net::routing=error" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
+    let saga_feed = match args.saga_feed.parse::<SagaFeed>() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("checkout-saga: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (store, mut bus, role) = match (parse_store(&args.store), parse_bus(&args.bus), args.role.parse::<Role>()) {
         (Ok(s), Ok(b), Ok(r)) => (s, b, r),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -109,6 +141,8 @@ fn main() -> ExitCode {
         orders: args.orders,
         decline_every: args.decline_every,
         out_of_stock_every: args.out_of_stock_every,
+        slow_payments_every: args.slow_payments_every,
+        payment_timeout: Duration::from_millis(args.payment_timeout_ms),
         seed: args.seed,
         skus: args.skus,
         concurrency: args.concurrency,
@@ -119,6 +153,9 @@ fn main() -> ExitCode {
         namespace: args.namespace.clone(),
         role,
         faults: Faults { duplicate_deliveries: args.duplicate_deliveries, transient_failures: args.transient_failures, seed: args.seed },
+        saga_feed,
+        crash_after: args.crash_after,
+        await_all_orders: args.await_all_orders,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -129,6 +166,22 @@ fn main() -> ExitCode {
     };
     if role == Role::Worker {
         return run_worker(&runtime, &config);
+    }
+    if args.rebuild_projections {
+        match runtime.block_on(app::rebuild_projections(&config)) {
+            Ok(rebuilt) if config.orders == 0 => {
+                match serde_json::to_string(&rebuilt) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => eprintln!("checkout-saga: cannot encode the report: {e}"),
+                }
+                return ExitCode::SUCCESS;
+            }
+            Ok(rebuilt) => tracing::info!(applied = rebuilt.applied, "order summary rebuilt"),
+            Err(e) => {
+                eprintln!("checkout-saga: rebuilding the projections failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     let report = match runtime.block_on(app::run(&config)) {
         Ok(r) => r,
@@ -143,33 +196,7 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("checkout-saga: cannot encode the report: {e}"),
         }
     } else {
-        let bus = match &config.bus {
-            BusUrl::Memory { .. } => "in-memory bus".to_string(),
-            BusUrl::Nats { .. } => format!("NATS JetStream at {}", config.bus),
-            BusUrl::Kafka { brokers, .. } => format!("Redpanda/Kafka at {brokers}"),
-            BusUrl::Zenoh { listen, connect, .. } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
-            BusUrl::Zenoh { listen, connect, .. } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
-            other => format!("bus {other}"),
-        };
-        let store = match &config.store {
-            StoreUrl::Memory => "in-memory store".to_string(),
-            StoreUrl::Sqlite { url, .. } => format!("SQLite store {url}"),
-            StoreUrl::Postgres { url, .. } => format!("PostgreSQL store at {}", url.rsplit('@').next().unwrap_or_default()),
-            other => format!("store {other}"),
-        };
-        println!("checkout-saga: {} orders, {store}, {bus}, {} saga worker(s)", report.orders, config.workers);
-        println!(
-            "  confirmed {}, cancelled {} (out of stock {}, payment declined {})",
-            report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined
-        );
-        println!(
-            "  events persisted {}, published {}, saga steps {}, redeliveries recognised {}",
-            report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates
-        );
-        println!("  elapsed {} ms", report.elapsed_ms);
-        if report.ok() {
-            println!("  every checkout reached its expected final state; stock balances; no dead letters");
-        }
+        print_summary(&report, &config);
     }
     if report.ok() {
         ExitCode::SUCCESS
@@ -205,5 +232,36 @@ fn run_worker(runtime: &tokio::runtime::Runtime, config: &Config) -> ExitCode {
             eprintln!("checkout-saga: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The human-readable summary of a run.
+fn print_summary(report: &app::Report, config: &Config) {
+    let bus = match &config.bus {
+        BusUrl::Memory { .. } => "in-memory bus".to_string(),
+        BusUrl::Nats { .. } => format!("NATS JetStream at {}", config.bus),
+        BusUrl::Kafka { brokers, .. } => format!("Redpanda/Kafka at {brokers}"),
+        BusUrl::Zenoh { listen, connect, .. } if listen.is_empty() && connect.is_empty() => "embedded Zenoh".to_string(),
+        BusUrl::Zenoh { listen, connect, .. } => format!("Zenoh peer (listen {listen:?}, connect {connect:?})"),
+        other => format!("bus {other}"),
+    };
+    let store = match &config.store {
+        StoreUrl::Memory => "in-memory store".to_string(),
+        StoreUrl::Sqlite { url, .. } => format!("SQLite store {url}"),
+        StoreUrl::Postgres { url, .. } => format!("PostgreSQL store at {}", url.rsplit('@').next().unwrap_or_default()),
+        other => format!("store {other}"),
+    };
+    println!("checkout-saga: {} orders, {store}, {bus}, {} saga worker(s)", report.orders, config.workers);
+    println!(
+        "  confirmed {}, cancelled {} (out of stock {}, payment declined {}, payment timed out {})",
+        report.confirmed, report.cancelled, report.cancelled_out_of_stock, report.cancelled_payment_declined, report.timed_out
+    );
+    println!(
+        "  events persisted {}, published {}, saga steps {}, redeliveries recognised {}",
+        report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates
+    );
+    println!("  elapsed {} ms", report.elapsed_ms);
+    if report.ok() {
+        println!("  every checkout reached its expected final state; stock balances; no dead letters");
     }
 }

@@ -4,18 +4,27 @@
 //! OrderPlaced ──▶ Reserve stock ──▶ InventoryReserved ──▶ Capture payment ──▶ PaymentCaptured ──▶ Confirm order
 //!                      │                                        │
 //!                      ▼                                        ▼
-//!        InventoryReservationFailed                      PaymentDeclined
+//!        InventoryReservationFailed               PaymentDeclined (or the payment deadline)
 //!                      │                                        │
 //!                      ▼                                        ▼
 //!          Cancel order (no charge)               Release stock + Cancel order
 //! ```
+//!
+//! Capturing the payment also schedules the durable deadline `payment`
+//! ([`CheckoutSaga::payment_timeout`]); the payment's answer cancels it. If the deadline fires first
+//! (also after a restart: it is stored with the saga's step), the saga asks the Payment aggregate to
+//! void the payment: the aggregate owns the truth, so an answer that was stored but not yet seen by
+//! the saga wins the race (`PaymentCaptured` confirms as usual), and only a payment voided before any
+//! answer compensates as for a declined card, with [`CancelReason::PaymentTimeout`].
+
+use std::time::Duration;
 
 use composable_rust::{CodecError, Dispatch, DomainEvent, Effect, Effects, Reducer, Saga, SagaInput, SerializedEvent, smallvec};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::inventory::{self, InventoryCommand, InventoryEvent, InventoryReleased, InventoryReservationFailed, InventoryReserved};
 use crate::domain::order::{self, CancelReason, OrderCancelled, OrderCommand, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced};
-use crate::domain::payment::{self, PaymentCaptured, PaymentCommand, PaymentDeclined, PaymentEvent};
+use crate::domain::payment::{self, PaymentCaptured, PaymentCommand, PaymentDeclined, PaymentEvent, PaymentVoided};
 use crate::domain::{INVENTORY_TOPIC, ORDER_TOPIC, PAYMENT_TOPIC};
 
 /// Where a checkout is.
@@ -28,6 +37,9 @@ pub enum CheckoutStep {
     ReservingStock,
     /// Waiting for the payment.
     TakingPayment,
+    /// The payment deadline fired: waiting for the Payment aggregate to void it (or for the answer
+    /// that beat the void).
+    VoidingPayment,
     /// Waiting for the order confirmation.
     Confirming,
     /// Waiting for the order cancellation.
@@ -70,12 +82,46 @@ pub enum CheckoutAction {
     OrderCancelled(OrderCancelled),
     /// Reserved stock given back.
     InventoryReleased(InventoryReleased),
+    /// The payment deadline fired: the provider did not answer in time.
+    PaymentTimedOut,
+    /// The payment was voided before the provider answered.
+    PaymentVoided(PaymentVoided),
 }
+
+/// The name of the deadline that bounds the wait for the payment provider.
+pub const PAYMENT_DEADLINE: &str = "payment";
 
 /// The saga reducer. It needs no environment: the commands it dispatches are routed by the
 /// runtime to the aggregate handlers registered for their types.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckoutSaga;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckoutSaga {
+    /// How long the saga waits for the payment provider's answer before cancelling the order and
+    /// releasing its stock.
+    pub payment_timeout: Duration,
+}
+
+impl CheckoutSaga {
+    /// A saga that waits `payment_timeout` for each payment.
+    pub fn new(payment_timeout: Duration) -> Self {
+        Self { payment_timeout }
+    }
+}
+
+impl Default for CheckoutSaga {
+    /// Waits 30 s for each payment.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(30))
+    }
+}
+
+/// Compensates a checkout whose payment failed: gives the stock back, then cancels the order.
+fn compensate(state: &mut CheckoutState, reason: CancelReason) -> Effects<CheckoutAction> {
+    let id = state.order_id.clone();
+    state.step = CheckoutStep::Cancelling(reason);
+    let Some(line) = &state.line else { return smallvec![] };
+    let release = command(InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, &id);
+    smallvec![release, cancel(&id, reason)]
+}
 
 fn cancel(order_id: &str, reason: CancelReason) -> Effect<CheckoutAction> {
     Dispatch::new(OrderCommand::Cancel { order_id: order_id.to_string(), reason }).correlated(order_id).into()
@@ -103,23 +149,28 @@ impl Reducer for CheckoutSaga {
                 state.step = CheckoutStep::TakingPayment;
                 let Some(line) = &state.line else { return smallvec![] };
                 let capture = PaymentCommand::Capture { order_id: id.clone(), amount_cents: line.amount_cents, card_token: line.card_token.clone() };
-                smallvec![command(capture, &id)]
+                // Stored with this step: a restart does not lose it.
+                smallvec![Effect::deadline_after(PAYMENT_DEADLINE, self.payment_timeout, CheckoutAction::PaymentTimedOut), command(capture, &id)]
             }
             (CheckoutAction::InventoryReservationFailed(_), CheckoutStep::ReservingStock) => {
                 state.step = CheckoutStep::Cancelling(CancelReason::OutOfStock);
                 smallvec![cancel(&id, CancelReason::OutOfStock)]
             }
-            (CheckoutAction::PaymentCaptured(_), CheckoutStep::TakingPayment) => {
+            (CheckoutAction::PaymentCaptured(_), CheckoutStep::TakingPayment | CheckoutStep::VoidingPayment) => {
                 state.step = CheckoutStep::Confirming;
-                smallvec![command(OrderCommand::Confirm { order_id: id.clone() }, &id)]
+                smallvec![Effect::cancel_deadline(PAYMENT_DEADLINE), command(OrderCommand::Confirm { order_id: id.clone() }, &id)]
             }
-            (CheckoutAction::PaymentDeclined(_), CheckoutStep::TakingPayment) => {
-                state.step = CheckoutStep::Cancelling(CancelReason::PaymentDeclined);
-                let Some(line) = &state.line else { return smallvec![] };
-                // Compensate in order: give the stock back, then cancel the order.
-                let release = command(InventoryCommand::Release { sku: line.sku.clone(), order_id: id.clone() }, &id);
-                smallvec![release, cancel(&id, CancelReason::PaymentDeclined)]
+            (CheckoutAction::PaymentDeclined(_), CheckoutStep::TakingPayment | CheckoutStep::VoidingPayment) => {
+                let mut effects = compensate(state, CancelReason::PaymentDeclined);
+                effects.insert(0, Effect::cancel_deadline(PAYMENT_DEADLINE));
+                effects
             }
+            (CheckoutAction::PaymentTimedOut, CheckoutStep::TakingPayment) => {
+                // The answer may be stored and on its way: the aggregate decides.
+                state.step = CheckoutStep::VoidingPayment;
+                smallvec![command(PaymentCommand::Void { order_id: id.clone() }, &id)]
+            }
+            (CheckoutAction::PaymentVoided(_), CheckoutStep::VoidingPayment) => compensate(state, CancelReason::PaymentTimeout),
             (CheckoutAction::OrderConfirmed(_), CheckoutStep::Confirming) => {
                 state.step = CheckoutStep::Confirmed;
                 smallvec![]
@@ -166,10 +217,11 @@ impl Saga for CheckoutSaga {
                 InventoryEvent::Released(e) => CheckoutAction::InventoryReleased(e),
                 InventoryEvent::StockAdded(_) => return Ok(None),
             }
-        } else if known(&[payment::event_types::CAPTURED, payment::event_types::DECLINED]) {
+        } else if known(&[payment::event_types::CAPTURED, payment::event_types::DECLINED, payment::event_types::VOIDED]) {
             match PaymentEvent::from_serialized(event)? {
                 PaymentEvent::Captured(e) => CheckoutAction::PaymentCaptured(e),
                 PaymentEvent::Declined(e) => CheckoutAction::PaymentDeclined(e),
+                PaymentEvent::Voided(e) => CheckoutAction::PaymentVoided(e),
             }
         } else {
             return Ok(None);
@@ -183,6 +235,9 @@ impl Saga for CheckoutSaga {
             CheckoutAction::PaymentCaptured(e) => e.order_id.clone(),
             CheckoutAction::PaymentDeclined(e) => e.order_id.clone(),
             CheckoutAction::InventoryReleased(e) => e.order_id.clone(),
+            CheckoutAction::PaymentVoided(e) => e.order_id.clone(),
+            // Fed back by the deadline, never decoded from the bus.
+            CheckoutAction::PaymentTimedOut => return Ok(None),
         };
         Ok(Some(SagaInput { instance_id, action }))
     }
@@ -191,7 +246,7 @@ impl Saga for CheckoutSaga {
         // A declined checkout is complete once its compensation (the stock release) is confirmed too.
         match state.step {
             CheckoutStep::Confirmed | CheckoutStep::Cancelled(CancelReason::OutOfStock) => true,
-            CheckoutStep::Cancelled(CancelReason::PaymentDeclined) => state.stock_released,
+            CheckoutStep::Cancelled(CancelReason::PaymentDeclined | CancelReason::PaymentTimeout) => state.stock_released,
             _ => false,
         }
     }

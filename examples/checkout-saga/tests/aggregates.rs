@@ -99,6 +99,25 @@ fn payment_captures_once_or_declines() {
         .then_events(&[PaymentEvent::Declined(PaymentDeclined { order_id: "o-2".into(), reason: "card declined by issuer".into() })]);
 }
 
+/// A void decides the race with a late answer: before any answer it voids (and a later capture
+/// charges nothing); after one it records nothing.
+#[test]
+fn a_void_wins_only_before_the_answer() {
+    use checkout_saga::domain::payment::{PaymentVoided, SLOW_CARD};
+    let void = PaymentCommand::Void { order_id: "o-1".into() };
+    let voided = PaymentEvent::Voided(PaymentVoided { order_id: "o-1".into() });
+    let captured = PaymentEvent::Captured(PaymentCaptured { order_id: "o-1".into(), amount_cents: 2_000 });
+    AggregateScenario::new(PaymentAggregate, (), "o-1").when(void.clone()).then_events(std::slice::from_ref(&voided));
+    AggregateScenario::new(PaymentAggregate, (), "o-1")
+        .given([voided])
+        .when(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: "tok_ok".into() })
+        .then_nothing();
+    AggregateScenario::new(PaymentAggregate, (), "o-1").given([captured]).when(void).then_nothing();
+    AggregateScenario::new(PaymentAggregate, (), "o-1")
+        .when(PaymentCommand::Capture { order_id: "o-1".into(), amount_cents: 2_000, card_token: SLOW_CARD.into() })
+        .then_nothing();
+}
+
 #[derive(Default)]
 struct Log(Mutex<Vec<EffectRecord>>);
 

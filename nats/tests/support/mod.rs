@@ -90,9 +90,9 @@ pub fn server() -> Option<(Option<NatsServer>, String)> {
 pub fn isolated_config(url: &str) -> NatsConfig {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut config = NatsConfig::new(url);
-    config.stream_name = format!("CR_TEST_{}", &id[..12]);
-    config.subject_prefix = format!("t{}", &id[..12]);
-    config.storage = Storage::Memory;
+    config = config.with_stream_name(format!("CR_TEST_{}", &id[..12]));
+    config = config.with_subject_prefix(format!("t{}", &id[..12]));
+    config = config.with_storage(Storage::Memory);
     config
 }
 

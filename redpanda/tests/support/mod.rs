@@ -98,13 +98,13 @@ pub fn broker() -> Option<(Option<Tansu>, String)> {
 /// Test settings: short session timeout and commit interval so hand-overs are quick.
 pub fn config(brokers: &str) -> RedpandaConfig {
     let mut c = RedpandaConfig::new(brokers);
-    c.session_timeout = Duration::from_secs(6);
-    c.commit_interval = Duration::from_millis(200);
-    c.metadata_refresh = Duration::from_millis(500);
+    c = c.with_session_timeout(Duration::from_secs(6));
+    c = c.with_commit_interval(Duration::from_millis(200));
+    c = c.with_metadata_refresh(Duration::from_millis(500));
     // Also the group's rebalance timeout: how long the broker waits for a silent member to rejoin
     // before reassigning its partitions. Kafka's 5 minutes would dominate the hand-over tests.
-    c.properties.insert("max.poll.interval.ms".into(), "10000".into());
-    c.properties.extend(client_properties());
+    c = c.with_property("max.poll.interval.ms", "10000");
+    c = client_properties().into_iter().fold(c, |c, (k, v)| c.with_property(k, v));
     c
 }
 

@@ -4,8 +4,10 @@
 //! Cases use fresh random stream ids and topics, so they can run against a shared database or
 //! broker without cleaning it first.
 
+pub mod deadlines;
 pub mod event_bus;
 pub mod event_store;
+pub mod read_model;
 
 pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

@@ -60,6 +60,11 @@ pub struct Config {
     pub decline_every: usize,
     /// Every K-th order asks for a SKU that is out of stock (0: never). Takes precedence over a decline.
     pub out_of_stock_every: usize,
+    /// Every K-th order pays with a card whose provider never answers (0: never); the payment
+    /// deadline cancels it. Takes precedence over out of stock and declines.
+    pub slow_payments_every: usize,
+    /// How long the saga waits for a payment before cancelling the order.
+    pub payment_timeout: Duration,
     /// Seed for SKUs and quantities.
     pub seed: u64,
     /// Number of stocked SKUs.
@@ -81,6 +86,47 @@ pub struct Config {
     pub role: Role,
     /// Faults injected into the run.
     pub faults: Faults,
+    /// Where the saga workers take their events from.
+    pub saga_feed: SagaFeed,
+    /// Abort the process (no clean shutdown) once this many orders are placed (`--crash-after`).
+    pub crash_after: Option<usize>,
+    /// Also wait until every order in the store (earlier runs' too) is final, by the order summary.
+    pub await_all_orders: bool,
+}
+
+/// Where saga workers take their events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaFeed {
+    /// The store when it is durable and the bus is not (in-memory, Zenoh): a restart loses
+    /// nothing. The bus otherwise.
+    Auto,
+    /// The bus (consumer group `saga-checkout`).
+    Bus,
+    /// The event store, from the group's checkpoint.
+    Store,
+}
+
+impl FromStr for SagaFeed {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, AppError> {
+        match s {
+            "auto" => Ok(SagaFeed::Auto),
+            "bus" => Ok(SagaFeed::Bus),
+            "store" => Ok(SagaFeed::Store),
+            other => Err(AppError::Setup(format!("unknown --saga-feed {other:?}: use auto, bus or store"))),
+        }
+    }
+}
+
+impl Config {
+    /// Whether saga workers read the store (see [`SagaFeed::Auto`]).
+    pub fn sagas_from_store(&self) -> bool {
+        match self.saga_feed {
+            SagaFeed::Store => true,
+            SagaFeed::Bus => false,
+            SagaFeed::Auto => self.store != StoreUrl::Memory && matches!(self.bus, BusUrl::Memory { .. } | BusUrl::Zenoh { .. }),
+        }
+    }
 }
 
 /// What one `checkout-saga` process does.
@@ -113,6 +159,8 @@ impl Default for Config {
             orders: 300,
             decline_every: 7,
             out_of_stock_every: 11,
+            slow_payments_every: 0,
+            payment_timeout: Duration::from_secs(30),
             seed: 42,
             skus: 8,
             concurrency: 16,
@@ -123,6 +171,9 @@ impl Default for Config {
             namespace: None,
             role: Role::All,
             faults: Faults::default(),
+            saga_feed: SagaFeed::Auto,
+            crash_after: None,
+            await_all_orders: false,
         }
     }
 }

@@ -148,6 +148,41 @@ impl EventStore for FlakyStore {
     async fn prune(&self, horizon: chrono::DateTime<chrono::Utc>) -> Result<PruneReport, EventStoreError> {
         self.inner.prune(horizon).await
     }
+
+    async fn claim_due_deadlines(
+        &self,
+        consumer: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<composable_rust::ClaimedDeadline>, EventStoreError> {
+        self.inner.claim_due_deadlines(consumer, now, lease, limit).await
+    }
+
+    fn read_model_store(self: Arc<Self>) -> Option<Arc<dyn composable_rust::ReadModelStore>> {
+        Arc::clone(&self.inner).read_model_store()
+    }
+
+    async fn head(&self) -> Result<composable_rust::GlobalPosition, EventStoreError> {
+        self.inner.head().await
+    }
+
+    async fn read_all_filtered(
+        &self,
+        after: composable_rust::GlobalPosition,
+        limit: usize,
+        filter: &composable_rust::EventFilter,
+    ) -> Result<composable_rust::FilteredPage, EventStoreError> {
+        self.inner.read_all_filtered(after, limit, filter).await
+    }
+
+    async fn complete_deadline(&self, id: uuid::Uuid) -> Result<(), EventStoreError> {
+        self.inner.complete_deadline(id).await
+    }
+
+    async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<composable_rust::StoredDeadline>, EventStoreError> {
+        self.inner.deadlines(consumer, instance, limit).await
+    }
 }
 
 /// A bus whose publishes fail retryably now and then (before or after the broker took the event),

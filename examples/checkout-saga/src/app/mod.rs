@@ -8,6 +8,6 @@ pub mod scenario;
 pub mod verify;
 pub mod wiring;
 
-pub use config::{AppError, BusUrl, Config, DISCONTINUED_SKU, Role, StoreUrl, parse_bus, parse_store};
+pub use config::{AppError, BusUrl, Config, DISCONTINUED_SKU, Role, SagaFeed, StoreUrl, parse_bus, parse_store};
 pub use faults::Faults;
-pub use scenario::{Expected, PlannedOrder, Report, WorkerReport, plan_orders, run, run_worker};
+pub use scenario::{Expected, PlannedOrder, RebuildOutput, Report, WorkerReport, plan_orders, rebuild_projections, run, run_worker};

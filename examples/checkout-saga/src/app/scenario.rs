@@ -13,12 +13,13 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::config::{AppError, Config, DISCONTINUED_SKU, Role, StoreUrl};
-use super::verify::{Invariants, check_invariants, check_stock, head_position, verify_orders};
+use super::verify::{Invariants, check_invariants, check_projection, check_stock, head_position, verify_orders};
 use super::wiring::Wiring;
 use crate::domain::ORDER_TOPIC;
 use crate::domain::inventory::InventoryCommand;
 use crate::domain::order::{self, OrderCommand, OrderLine};
-use crate::domain::payment::DECLINED_CARD;
+use crate::domain::payment::{DECLINED_CARD, SLOW_CARD};
+use crate::projection::{SummaryReport, read_summary};
 use crate::saga::CheckoutSaga;
 use composable_rust::Saga;
 
@@ -31,6 +32,8 @@ pub struct WorkerReport {
     pub saga_duplicates: u64,
     /// Dead letters recorded.
     pub dead_letters: u64,
+    /// Payment deadlines this process fired.
+    pub deadlines_fired: u64,
     /// Events this process published (those of the commands its saga steps dispatched).
     pub events_published: u64,
 }
@@ -44,7 +47,7 @@ pub async fn run_worker(config: &Config, ready: impl FnOnce(), stop: impl Future
     let relay = spawn_relay(w.relay(), Duration::from_secs(1));
     let mut workers = Vec::new();
     for _ in 0..config.workers.max(1) {
-        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+        workers.push(w.spawn_saga_worker(config).await?);
     }
     ready();
     stop.await;
@@ -54,6 +57,7 @@ pub async fn run_worker(config: &Config, ready: impl FnOnce(), stop: impl Future
         let stats = worker.shutdown().await;
         report.saga_steps += stats.applied;
         report.saga_duplicates += stats.duplicates;
+        report.deadlines_fired += stats.deadlines_fired;
     }
     report.dead_letters = w.dead_letters.total();
     report.events_published = w.published();
@@ -69,6 +73,8 @@ pub enum Expected {
     OutOfStock,
     /// Card declined, stock released.
     Declined,
+    /// The payment provider never answered: cancelled by the payment deadline, stock released.
+    TimedOut,
 }
 
 /// One generated order.
@@ -88,7 +94,10 @@ pub fn plan_orders(config: &Config, run: &str) -> Vec<PlannedOrder> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     (1..=config.orders)
         .map(|n| {
-            let expected = if config.out_of_stock_every > 0 && n % config.out_of_stock_every == 0 {
+            let every = |k: usize| k > 0 && n % k == 0;
+            let expected = if every(config.slow_payments_every) {
+                Expected::TimedOut
+            } else if every(config.out_of_stock_every) {
                 Expected::OutOfStock
             } else if config.decline_every > 0 && n % config.decline_every == 0 {
                 Expected::Declined
@@ -99,7 +108,11 @@ pub fn plan_orders(config: &Config, run: &str) -> Vec<PlannedOrder> {
             let quantity = rng.random_range(1..=3u32);
             let sku = if expected == Expected::OutOfStock { DISCONTINUED_SKU.to_string() } else { format!("sku-{sku_index}") };
             let unit_price = 1_000 + 250 * sku_index as u64;
-            let card_token = if expected == Expected::Declined { DECLINED_CARD.to_string() } else { format!("tok_visa_{n}") };
+            let card_token = match expected {
+                Expected::Declined => DECLINED_CARD.to_string(),
+                Expected::TimedOut => SLOW_CARD.to_string(),
+                _ => format!("tok_visa_{n}"),
+            };
             PlannedOrder {
                 order_id: format!("order-{run}-{n:06}"),
                 line: OrderLine { sku, quantity, amount_cents: unit_price * u64::from(quantity), card_token },
@@ -122,6 +135,10 @@ pub struct Report {
     pub cancelled_out_of_stock: usize,
     /// Of which for a declined payment.
     pub cancelled_payment_declined: usize,
+    /// Of which because the payment provider did not answer before the payment deadline.
+    pub timed_out: usize,
+    /// Payment deadlines fired by this process's saga workers.
+    pub deadlines_fired: u64,
     /// Events in the store (domain events and saga steps).
     pub events_persisted: usize,
     /// Events published on the bus.
@@ -156,6 +173,9 @@ pub struct Report {
     pub duplicate_events: usize,
     /// Outbox entries still unpublished after the run (must be 0).
     pub outbox_pending: usize,
+    /// The order summary kept by the read side (every order in the store); checked against the
+    /// aggregates.
+    pub projection: SummaryReport,
     /// Everything that does not add up; empty on success.
     pub problems: Vec<String>,
 }
@@ -185,10 +205,11 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
 
     // Watch order outcomes from the bus to know when every checkout is done.
     let outcomes = w.dyn_bus.subscribe_with(&[ORDER_TOPIC], SubscribeOptions::exclusive()).await.map_err(|e| AppError::Setup(e.to_string()))?;
+    let summary = w.summary().spawn();
     let mut workers = Vec::new();
     let in_process_workers = if config.role == Role::Driver { 0 } else { config.workers.max(1) };
     for _ in 0..in_process_workers {
-        workers.push(w.saga_runner().spawn().await.map_err(|e| AppError::Setup(e.to_string()))?);
+        workers.push(w.spawn_saga_worker(config).await?);
     }
 
     let demand = stock(&w, &plan).await?;
@@ -197,7 +218,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     // command to its final event on the bus.
     let deadline = tokio::time::Instant::now() + config.timeout;
     let watcher = tokio::spawn(watch_outcomes(outcomes, plan.len(), deadline));
-    let (placed_at, mut problems) = place(&w, &plan, config.concurrency).await;
+    let (placed_at, mut problems) = place(&w, &plan, config.concurrency, config.crash_after).await;
 
     let done = watcher.await.map_err(|e| AppError::Setup(format!("the outcome watcher failed: {e}")))?;
     let finished = done.len();
@@ -212,11 +233,12 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     if unfinished_sagas > 0 {
         problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
     }
-    let (mut saga_steps, mut saga_duplicates) = (0, 0);
+    let (mut saga_steps, mut saga_duplicates, mut deadlines_fired) = (0, 0, 0);
     for worker in workers {
         let stats = worker.shutdown().await;
         saga_steps += stats.applied;
         saga_duplicates += stats.duplicates;
+        deadlines_fired += stats.deadlines_fired;
         if stats.lagged_events > 0 {
             problems.push(format!("a saga worker missed {} events (bus lag)", stats.lagged_events));
         }
@@ -230,6 +252,19 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     let stock_balanced = stock_problems.is_empty();
     problems.extend(stock_problems);
     let invariants: Invariants = check_invariants(&w, &plan, &mut problems).await?;
+    let head = w.store.head().await.map_err(|e| AppError::Store(e.to_string()))?;
+    if let Err(e) = summary.reader().wait_for(head, config.timeout).await {
+        problems.push(format!("the order summary projection did not catch up: {e}"));
+    }
+    if config.await_all_orders {
+        let placed = wait_until_no_order_is_open(summary.reader(), &*w.store, deadline).await?;
+        if placed > 0 {
+            problems.push(format!("{placed} orders in the store (earlier runs included) are not final"));
+        }
+    }
+    let projection = read_summary(summary.reader()).await.map_err(|e| AppError::Store(e.to_string()))?;
+    check_projection(&w, summary.reader(), &plan, &demand, &mut problems).await?;
+    summary.shutdown().await;
     let head_after = head_position(&*w.store).await.map_err(|e| AppError::Store(e.to_string()))?;
     if w.dead_letters.total() > 0 {
         problems.push(format!("{} dead letters, first: {:?}", w.dead_letters.total(), w.dead_letters.letters().first()));
@@ -238,9 +273,11 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     Ok(Report {
         orders: plan.len(),
         confirmed: verified.confirmed,
-        cancelled: verified.out_of_stock + verified.declined,
+        cancelled: verified.out_of_stock + verified.declined + verified.timed_out,
         cancelled_out_of_stock: verified.out_of_stock,
         cancelled_payment_declined: verified.declined,
+        timed_out: verified.timed_out,
+        deadlines_fired,
         events_persisted: usize::try_from(head_after.1 - head_before.1).unwrap_or(usize::MAX),
         events_published: w.published(),
         skus_stocked: demand.len(),
@@ -259,18 +296,65 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         all_final: verified.all_final && unfinished_sagas == 0 && finished == plan.len(),
         duplicate_events: invariants.duplicate_events,
         outbox_pending: invariants.outbox_pending,
+        projection,
         problems,
     })
+}
+
+/// What `--rebuild-projections` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildOutput {
+    /// Events applied to the rebuilt copy.
+    pub applied: u64,
+    /// Its checkpoint when it was swapped in.
+    pub checkpoint: u64,
+    /// Wall time of the rebuild.
+    pub elapsed_ms: u128,
+    /// The order summary afterwards.
+    pub projection: SummaryReport,
+}
+
+/// Rebuilds the order summary from the store into a shadow copy and swaps it in (the live copy
+/// serves meanwhile), logging progress.
+pub async fn rebuild_projections(config: &Config) -> Result<RebuildOutput, AppError> {
+    let w = Wiring::new(config).await?;
+    let runner = w.summary();
+    let report = runner
+        .rebuild(|at, head| tracing::info!(checkpoint = at.0, head = head.0, "rebuilding the order summary"))
+        .await
+        .map_err(|e| AppError::Store(e.to_string()))?;
+    let projection = read_summary(&runner.reader()).await.map_err(|e| AppError::Store(e.to_string()))?;
+    Ok(RebuildOutput { applied: report.applied, checkpoint: report.checkpoint.0, elapsed_ms: report.elapsed.as_millis(), projection })
+}
+
+/// Waits (until `deadline`) until the order summary, caught up with the store, counts no order still
+/// open; returns how many are open at the end.
+async fn wait_until_no_order_is_open(
+    reader: &composable_rust::runtime::ProjectionReader,
+    store: &dyn composable_rust::EventStore,
+    deadline: tokio::time::Instant,
+) -> Result<i64, AppError> {
+    loop {
+        let head = store.head().await.map_err(|e| AppError::Store(e.to_string()))?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = reader.wait_for(head, left).await;
+        let open = reader.get("status/placed").await.map_err(|e| AppError::Store(e.to_string()))?.and_then(|v| v.as_i64()).unwrap_or_default();
+        if open == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(open);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls each checkout's saga instance (rebuilt from its stream) until it is complete or the deadline
 /// passes; returns how many are not complete.
 async fn wait_for_sagas(checker: &SagaRunner<CheckoutSaga>, plan: &[PlannedOrder], deadline: tokio::time::Instant) -> Result<usize, AppError> {
     let mut unfinished = 0;
+    let checker_saga = CheckoutSaga::default();
     for o in plan {
         loop {
             let state = checker.load_instance(&o.order_id).await.map_err(|e| AppError::Setup(e.to_string()))?;
-            if CheckoutSaga.is_complete(&state) {
+            if checker_saga.is_complete(&state) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -300,15 +384,23 @@ async fn stock(w: &Wiring, plan: &[PlannedOrder]) -> Result<BTreeMap<String, u32
 }
 
 /// Places every order, `concurrency` at a time; returns when each was placed and the failures.
-async fn place(w: &Wiring, plan: &[PlannedOrder], concurrency: usize) -> (HashMap<String, Instant>, Vec<String>) {
+async fn place(w: &Wiring, plan: &[PlannedOrder], concurrency: usize, crash_after: Option<usize>) -> (HashMap<String, Instant>, Vec<String>) {
     let placed_at: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let placed_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placed = futures::stream::iter(plan.iter())
         .map(|o| {
             let orders = Arc::clone(&w.orders);
             let placed_at = Arc::clone(&placed_at);
+            let placed_count = Arc::clone(&placed_count);
             async move {
                 placed_at.lock().insert(o.order_id.clone(), Instant::now());
-                orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await
+                let placed = orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await;
+                if crash_after.is_some_and(|n| placed_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n) {
+                    // `--crash-after`: die like a killed process, mid-run, no clean shutdown.
+                    tracing::warn!("--crash-after reached: aborting the process");
+                    std::process::abort();
+                }
+                placed
             }
         })
         .buffer_unordered(concurrency.max(1))

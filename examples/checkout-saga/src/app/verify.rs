@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use composable_rust::runtime::{AggregateHandler, SagaRunner};
+use composable_rust::runtime::{AggregateHandler, ProjectionReader, SagaRunner};
 use composable_rust::{DomainEvent, EventStore, GlobalPosition};
 
 use super::config::{AppError, DISCONTINUED_SKU};
@@ -13,6 +13,7 @@ use super::wiring::Wiring;
 use crate::domain::inventory::{InventoryAggregate, InventoryEvent};
 use crate::domain::order::{CancelReason, OrderEvent, OrderStatus};
 use crate::domain::payment::{PaymentEvent, PaymentStatus};
+use crate::projection::{OrderView, cancelled_status};
 use crate::saga::{CheckoutSaga, CheckoutStep};
 
 /// Orders by how they ended.
@@ -21,6 +22,7 @@ pub(crate) struct Tally {
     pub(crate) confirmed: usize,
     pub(crate) out_of_stock: usize,
     pub(crate) declined: usize,
+    pub(crate) timed_out: usize,
     /// Every order ended as planned.
     pub(crate) all_final: bool,
 }
@@ -41,6 +43,7 @@ pub(crate) async fn verify_orders(
             OrderStatus::Confirmed => tally.confirmed += 1,
             OrderStatus::Cancelled(CancelReason::OutOfStock) => tally.out_of_stock += 1,
             OrderStatus::Cancelled(CancelReason::PaymentDeclined) => tally.declined += 1,
+            OrderStatus::Cancelled(CancelReason::PaymentTimeout) => tally.timed_out += 1,
             _ => {}
         }
         let consistent = match o.expected {
@@ -59,6 +62,12 @@ pub(crate) async fn verify_orders(
                 order.status == OrderStatus::Cancelled(CancelReason::PaymentDeclined)
                     && payment.status == PaymentStatus::Declined
                     && saga.step == CheckoutStep::Cancelled(CancelReason::PaymentDeclined)
+                    && saga.stock_released
+            }
+            Expected::TimedOut => {
+                order.status == OrderStatus::Cancelled(CancelReason::PaymentTimeout)
+                    && payment.status == PaymentStatus::Voided
+                    && saga.step == CheckoutStep::Cancelled(CancelReason::PaymentTimeout)
                     && saga.stock_released
             }
         };
@@ -109,6 +118,45 @@ pub(crate) async fn check_stock(
         }
     }
     Ok(problems)
+}
+
+/// The order summary agrees with the aggregates: each order's status, each SKU's stock.
+pub(crate) async fn check_projection(
+    w: &Wiring,
+    reader: &ProjectionReader,
+    plan: &[PlannedOrder],
+    demand: &BTreeMap<String, u32>,
+    problems: &mut Vec<String>,
+) -> Result<(), AppError> {
+    let failed = |e: composable_rust::runtime::ProjectionError| AppError::Store(e.to_string());
+    let mut wrong = 0;
+    for o in plan {
+        let order = w.orders.load(&o.order_id, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state;
+        let truth = match order.status {
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Cancelled(reason) => cancelled_status(reason),
+            _ => "placed",
+        };
+        let seen: Option<OrderView> = reader.get(&format!("order/{}", o.order_id)).await.map_err(failed)?.and_then(|v| serde_json::from_value(v).ok());
+        if seen.as_ref().map(|v| v.status.as_str()) != Some(truth) || seen.as_ref().map(|v| v.amount_cents) != Some(o.line.amount_cents) {
+            wrong += 1;
+            if wrong <= 5 {
+                problems.push(format!("projection: {} is {seen:?}, the aggregate says {truth}", o.order_id));
+            }
+        }
+    }
+    let discontinued = DISCONTINUED_SKU.to_string();
+    for sku in demand.keys().chain(std::iter::once(&discontinued)) {
+        let truth = w.inventory.load(sku, None).await.map_err(|e| AppError::Setup(e.to_string()))?.state.available;
+        let seen = reader.get(&format!("stock/{sku}")).await.map_err(failed)?.and_then(|v| v.as_i64()).unwrap_or_default();
+        if seen != i64::from(truth) {
+            problems.push(format!("projection: stock of {sku} is {seen}, the inventory says {truth}"));
+        }
+    }
+    if wrong > 5 {
+        problems.push(format!("projection: {wrong} orders differ from their aggregates"));
+    }
+    Ok(())
 }
 
 /// Invariants that must hold under any injected faults.

@@ -5,16 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use composable_rust::runtime::ProjectionRunner;
 use composable_rust::runtime::{
     AggregateHandler, CommandRouter, CountingBus, DeadLetterSink, Executor, InMemoryDeadLetters, NamespacedBus, RetryPolicy, SagaRunner,
 };
-use composable_rust::{EventBus, EventStore};
+use composable_rust::{EventBus, EventStore, ReadModelStore};
 
 use super::config::{AppError, Config};
 use super::faults::{Dice, FlakyBus, FlakyStore};
 use crate::domain::inventory::InventoryAggregate;
 use crate::domain::order::OrderAggregate;
 use crate::domain::payment::PaymentAggregate;
+use crate::projection::OrderSummary;
 use crate::saga::CheckoutSaga;
 
 /// Everything the scenario runs on.
@@ -30,6 +32,9 @@ pub(crate) struct Wiring {
     pub(crate) inventory: Arc<AggregateHandler<InventoryAggregate>>,
     pub(crate) payments: Arc<AggregateHandler<PaymentAggregate>>,
     pub(crate) dice: Arc<Dice>,
+    pub(crate) saga: CheckoutSaga,
+    /// The store's read-model side (every store has one), where the order summary lives.
+    pub(crate) models: Arc<dyn ReadModelStore>,
 }
 
 impl Wiring {
@@ -72,11 +77,29 @@ impl Wiring {
         let orders = AggregateHandler::new(OrderAggregate, (), executor.clone()).register().map_err(registered)?;
         let inventory = AggregateHandler::new(InventoryAggregate, (), executor.clone()).register().map_err(registered)?;
         let payments = AggregateHandler::new(PaymentAggregate, (), executor.clone()).register().map_err(registered)?;
-        Ok(Self { bus, store, dyn_bus, dead_letters, executor, orders, inventory, payments, dice })
+        let models = Arc::clone(&store).read_model_store().ok_or_else(|| AppError::Setup("this store keeps no read models".into()))?;
+        Ok(Self { bus, store, dyn_bus, dead_letters, executor, orders, inventory, payments, dice, saga: CheckoutSaga::new(config.payment_timeout), models })
     }
 
     pub(crate) fn saga_runner(&self) -> SagaRunner<CheckoutSaga> {
-        SagaRunner::new(CheckoutSaga, (), self.executor.clone())
+        SagaRunner::new(self.saga, (), self.executor.clone())
+    }
+
+    /// Spawns one saga worker, fed as the config says.
+    pub(crate) async fn spawn_saga_worker(&self, config: &Config) -> Result<composable_rust::runtime::SagaRunnerHandle, AppError> {
+        let runner = self.saga_runner();
+        let spawned = if config.sagas_from_store() {
+            let filter = composable_rust::EventFilter::all().category("order").category("inventory").category("payment");
+            runner.spawn_from_store(filter)
+        } else {
+            runner.spawn().await
+        };
+        spawned.map_err(|e| AppError::Setup(e.to_string()))
+    }
+
+    /// A runner of the order summary projection over the real store.
+    pub(crate) fn summary(&self) -> ProjectionRunner<OrderSummary> {
+        ProjectionRunner::new(OrderSummary, Arc::clone(&self.store), Arc::clone(&self.models))
     }
 
     /// Publishes counted so far.

@@ -12,6 +12,8 @@ pub enum CancelReason {
     OutOfStock,
     /// The card was declined.
     PaymentDeclined,
+    /// The payment provider did not answer in time (the saga's payment deadline fired).
+    PaymentTimeout,
 }
 
 /// Where an order is.

@@ -8,6 +8,10 @@ use super::{PAYMENT_TOPIC, topic};
 /// The card token the fake payment provider always declines.
 pub const DECLINED_CARD: &str = "tok_declined";
 
+/// The card token for which the fake payment provider never answers: the capture is accepted and
+/// nothing is ever decided (no event), so only the saga's payment deadline ends the checkout.
+pub const SLOW_CARD: &str = "tok_slow";
+
 /// Where a payment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaymentStatus {
@@ -18,6 +22,8 @@ pub enum PaymentStatus {
     Captured,
     /// Card declined.
     Declined,
+    /// Given up before the provider answered: any later capture is refused.
+    Voided,
 }
 
 /// One order's payment.
@@ -45,6 +51,13 @@ pub enum PaymentCommand {
         /// Card token.
         card_token: String,
     },
+    /// Give up waiting for the provider (the saga's payment deadline fired). Decided here, where
+    /// the payment's truth lives: if it was captured or declined meanwhile, that answer stands and
+    /// nothing is recorded; otherwise it is voided and a late answer can no longer charge.
+    Void {
+        /// Order id.
+        order_id: String,
+    },
 }
 
 /// `PaymentCaptured.v1`.
@@ -65,6 +78,13 @@ pub struct PaymentDeclined {
     pub reason: String,
 }
 
+/// `PaymentVoided.v1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentVoided {
+    /// Order id.
+    pub order_id: String,
+}
+
 /// The events of a payment (new variants go at the end).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentEvent {
@@ -72,6 +92,8 @@ pub enum PaymentEvent {
     Captured(PaymentCaptured),
     /// Declined.
     Declined(PaymentDeclined),
+    /// Voided: the checkout gave up waiting for the provider.
+    Voided(PaymentVoided),
 }
 
 /// Event type names.
@@ -80,6 +102,8 @@ pub mod event_types {
     pub const CAPTURED: &str = "PaymentCaptured.v1";
     /// Payment declined.
     pub const DECLINED: &str = "PaymentDeclined.v1";
+    /// Payment voided.
+    pub const VOIDED: &str = "PaymentVoided.v1";
 }
 
 impl DomainEvent for PaymentEvent {
@@ -87,6 +111,7 @@ impl DomainEvent for PaymentEvent {
         match self {
             PaymentEvent::Captured(_) => event_types::CAPTURED,
             PaymentEvent::Declined(_) => event_types::DECLINED,
+            PaymentEvent::Voided(_) => event_types::VOIDED,
         }
     }
 }
@@ -115,8 +140,9 @@ impl Aggregate for PaymentAggregate {
     type Environment = ();
 
     fn aggregate_id(command: &PaymentCommand) -> &str {
-        let PaymentCommand::Capture { order_id, .. } = command;
-        order_id
+        match command {
+            PaymentCommand::Capture { order_id, .. } | PaymentCommand::Void { order_id } => order_id,
+        }
     }
 
     fn initial_state(id: &str) -> PaymentState {
@@ -124,13 +150,21 @@ impl Aggregate for PaymentAggregate {
     }
 
     fn handle(&self, state: &PaymentState, command: PaymentCommand, (): &()) -> Result<Vec<PaymentEvent>, PaymentError> {
-        let PaymentCommand::Capture { order_id, amount_cents, card_token } = command;
         if state.status != PaymentStatus::None {
-            // Already decided: capturing again would charge twice.
+            // Already decided: capturing again would charge twice, and a void after an answer
+            // leaves the answer standing.
             return Ok(Vec::new());
         }
+        let (order_id, amount_cents, card_token) = match command {
+            PaymentCommand::Void { order_id } => return Ok(vec![PaymentEvent::Voided(PaymentVoided { order_id })]),
+            PaymentCommand::Capture { order_id, amount_cents, card_token } => (order_id, amount_cents, card_token),
+        };
         if amount_cents == 0 {
             return Err(PaymentError::ZeroAmount { order_id });
+        }
+        if card_token == SLOW_CARD {
+            // The provider never answers: nothing to record.
+            return Ok(Vec::new());
         }
         if card_token == DECLINED_CARD {
             Ok(vec![PaymentEvent::Declined(PaymentDeclined { order_id, reason: "card declined by issuer".into() })])
@@ -147,6 +181,7 @@ impl Aggregate for PaymentAggregate {
                 state.captures += 1;
             }
             PaymentEvent::Declined(_) => state.status = PaymentStatus::Declined,
+            PaymentEvent::Voided(_) => state.status = PaymentStatus::Voided,
         }
     }
 
