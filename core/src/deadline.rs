@@ -40,7 +40,8 @@ impl Due {
     /// The instant this is due, for a step deciding it at `now`.
     pub fn instant(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
-            Due::After(d) => now + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
+            // Saturates: a duration too long to represent is due at the end of time, not a panic.
+            Due::After(d) => chrono::Duration::from_std(*d).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC),
             Due::At(at) => *at,
         }
     }
@@ -113,6 +114,16 @@ pub fn net<'a, A>(decisions: Vec<Decision<'a, A>>) -> Vec<Decision<'a, A>> {
         }
     }
     out
+}
+
+/// Why a decision cannot be kept, if it cannot: an empty name. Every runtime refuses such a
+/// deadline the same way (a dead letter; the rest of the step stands).
+pub fn refusal<A>(decision: &Decision<'_, A>) -> Option<String> {
+    let name = match decision {
+        Decision::Schedule(d) => d.name.as_str(),
+        Decision::Cancel(n) => n,
+    };
+    name.is_empty().then(|| "a deadline needs a non-empty name; this one was ignored".to_string())
 }
 
 /// The scoped form of a deadline name inside `scope` (a `ForEach` key): names of different scopes

@@ -81,7 +81,7 @@ impl ReadModelStore for InMemoryEventStore {
 
     async fn try_lease(&self, projection: &str, worker: &str, now: DateTime<Utc>, lease: std::time::Duration) -> Result<bool, ReadModelError> {
         let mut models = self.models.lock();
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let until = chrono::Duration::from_std(lease).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let free = models.leases.get(projection).is_none_or(|(holder, until)| holder == worker || *until <= now);
         if free {
             models.leases.insert(projection.to_string(), (worker.to_string(), until));

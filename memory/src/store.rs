@@ -37,7 +37,10 @@ struct Inner {
 #[derive(Default)]
 struct Deadlines {
     rows: HashMap<Uuid, DeadlineRow>,
-    by_due: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// Due time, then scheduling order (deadlines due together fire in the order they were
+    /// scheduled), then id.
+    by_due: BTreeSet<(DateTime<Utc>, u64, Uuid)>,
+    next_seq: u64,
     pending: HashMap<(DeadlineOwner, String), Uuid>,
 }
 
@@ -46,12 +49,13 @@ struct DeadlineRow {
     fired: bool,
     claimed_until: Option<DateTime<Utc>>,
     claims: u32,
+    seq: u64,
 }
 
 impl Deadlines {
     fn remove(&mut self, id: Uuid) {
         if let Some(row) = self.rows.remove(&id) {
-            self.by_due.remove(&(row.deadline.due_at, id));
+            self.by_due.remove(&(row.deadline.due_at, row.seq, id));
             let key = (row.deadline.owner, row.deadline.name);
             if self.pending.get(&key) == Some(&id) {
                 self.pending.remove(&key);
@@ -71,9 +75,11 @@ impl Deadlines {
                 }
                 // The same step scheduling again (same id) replaces its own row.
                 self.remove(d.id);
-                self.by_due.insert((d.due_at, d.id));
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.by_due.insert((d.due_at, seq, d.id));
                 self.pending.insert((d.owner.clone(), d.name.clone()), d.id);
-                self.rows.insert(d.id, DeadlineRow { deadline: d, fired: false, claimed_until: None, claims: 0 });
+                self.rows.insert(d.id, DeadlineRow { deadline: d, fired: false, claimed_until: None, claims: 0, seq });
             }
             DeadlineChange::Cancel { owner, name } => {
                 if let Some(id) = self.pending.get(&(owner, name)).copied() {
@@ -272,14 +278,14 @@ impl EventStore for InMemoryEventStore {
         lease: std::time::Duration,
         limit: usize,
     ) -> Result<Vec<ClaimedDeadline>, EventStoreError> {
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let until = chrono::Duration::from_std(lease).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut inner = self.inner.write();
         let deadlines = &mut inner.deadlines;
         let due: Vec<Uuid> = deadlines
             .by_due
             .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, id)| *id)
+            .take_while(|(at, _, _)| *at <= now)
+            .map(|(_, _, id)| *id)
             .filter(|id| deadlines.rows.get(id).is_some_and(|r| r.deadline.owner.consumer == consumer && r.claimed_until.is_none_or(|c| c <= now)))
             .take(limit)
             .collect();
@@ -304,7 +310,7 @@ impl EventStore for InMemoryEventStore {
         let d = &inner.deadlines;
         Ok(d.by_due
             .iter()
-            .filter_map(|(_, id)| d.rows.get(id))
+            .filter_map(|(_, _, id)| d.rows.get(id))
             .filter(|r| r.deadline.owner.consumer == consumer && instance.is_none_or(|i| r.deadline.owner.instance == i))
             .take(limit)
             .map(|r| r.deadline.clone())

@@ -72,6 +72,7 @@ mod config;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 mod group_commit;
+mod read_model;
 mod store;
 
 pub use config::{PostgresConfig, PostgresError};

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use composable_rust_core::event_store::{PruneReport, StoreCause, identical_retry};
 use composable_rust_core::{
-    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventMetadata, EventStore, EventStoreError, ExpectedVersion, GlobalPosition,
-    PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
+    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventFilter, EventMetadata, EventStore, EventStoreError, ExpectedVersion,
+    FilteredPage, GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -33,7 +33,7 @@ pub struct PostgresEventStore {
 /// transaction, so a large prune neither holds locks long nor writes one huge WAL record.
 const PRUNE_BATCH: i64 = 10_000;
 
-fn map_err(e: sqlx::Error) -> EventStoreError {
+pub(crate) fn map_err(e: sqlx::Error) -> EventStoreError {
     enum Kind {
         Transient,
         SchemaMissing,
@@ -135,7 +135,8 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent, EventStoreError> {
 
 /// The columns [`deadline_from_row`] reads; the due time as microseconds since the Unix epoch
 /// (exact: `extract` gives a numeric).
-const DEADLINE_COLUMNS: &str = "id::text AS id, consumer, instance, name, (extract(epoch FROM due_at) * 1000000)::bigint AS due_us, payload, fired, claims";
+const DEADLINE_COLUMNS: &str =
+    "id::text AS id, consumer, instance, name, (extract(epoch FROM due_at) * 1000000)::bigint AS due_us, payload, fired, claims, seq";
 
 /// A time as bound to a `$n::text::timestamptz` parameter: RFC 3339, UTC, microseconds (what
 /// `timestamptz` keeps), so it is stored exactly.
@@ -198,7 +199,8 @@ async fn apply_deadline_change(conn: &mut sqlx::PgConnection, change: &DeadlineC
                 "INSERT INTO composable_rust.deadlines (id, consumer, instance, name, due_at, payload) \
                  VALUES ($4::text::uuid, $1, $2, $3, $5::text::timestamptz, $6) \
                  ON CONFLICT (consumer, instance, name) WHERE NOT fired DO UPDATE \
-                 SET id = excluded.id, due_at = excluded.due_at, payload = excluded.payload, claimed_until = NULL, claims = 0",
+                 SET id = excluded.id, due_at = excluded.due_at, payload = excluded.payload, claimed_until = NULL, claims = 0, \
+                     seq = nextval(pg_get_serial_sequence('composable_rust.deadlines', 'seq'))",
             )
             .bind(d.owner.consumer.as_str())
             .bind(d.owner.instance.as_str())
@@ -450,6 +452,10 @@ impl PostgresEventStore {
 
 #[async_trait]
 impl EventStore for PostgresEventStore {
+    fn read_model_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn composable_rust_core::ReadModelStore>> {
+        Some(self)
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         request.validate()?;
         let span = tracing::debug_span!("append", store = "postgres", stream = %request.stream_id, events = request.events.len());
@@ -501,6 +507,48 @@ impl EventStore for PostgresEventStore {
         .await
         .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head(&self) -> Result<GlobalPosition, EventStoreError> {
+        // The read horizon: what `read_all` can return now, with no append still in flight below.
+        Ok(GlobalPosition(to_u64(self.read_horizon().await?)))
+    }
+
+    async fn read_all_filtered(&self, after: GlobalPosition, limit: usize, filter: &EventFilter) -> Result<FilteredPage, EventStoreError> {
+        // The horizon first: every position up to it is committed (or never will be), so the
+        // select after it cannot miss a matching event at or below `scanned_to`.
+        let horizon = self.read_horizon().await?;
+        if limit == 0 || horizon <= to_i64(after.0) {
+            return Ok(FilteredPage { events: Vec::new(), scanned_to: after });
+        }
+        // `scan_end` is the `limit`-th event after `after`, or the horizon when fewer follow; the
+        // rows are the events up to it that `filter` matches. A LEFT JOIN keeps one row (of NULL
+        // events) when none matches, so `scan_end` always comes back.
+        let columns = event_columns_of("e");
+        let (condition, arrays) = crate::read_model::filter_condition(filter, 4).map_or((String::new(), Vec::new()), |(c, a)| (format!(" AND {c}"), a));
+        let sql = format!(
+            "WITH scan AS MATERIALIZED (SELECT coalesce( \
+               (SELECT global_position FROM composable_rust.events WHERE global_position > $1 AND global_position <= $2 \
+                ORDER BY global_position OFFSET $3 LIMIT 1), $2) AS scan_end) \
+             SELECT scan.scan_end AS scan_end, {columns} FROM scan \
+             LEFT JOIN composable_rust.events e ON e.global_position > $1 AND e.global_position <= scan.scan_end{condition} \
+             ORDER BY e.global_position"
+        );
+        let mut query = sqlx::query(&sql).bind(to_i64(after.0)).bind(horizon).bind(i64::try_from(limit - 1).unwrap_or(i64::MAX));
+        for values in arrays {
+            query = query.bind(values);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        let mut scanned_to = after;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let scan_end: i64 = row.try_get("scan_end").map_err(|e| corrupt("filtered read", e))?;
+            scanned_to = scanned_to.max(GlobalPosition(to_u64(scan_end)));
+            if row.try_get::<Option<i64>, _>("global_position").map_err(|e| corrupt("event row", e))?.is_some() {
+                events.push(event_from_row(row)?);
+            }
+        }
+        Ok(FilteredPage { events, scanned_to })
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
@@ -595,7 +643,7 @@ impl EventStore for PostgresEventStore {
              WHERE id = ANY(ARRAY( \
                SELECT id FROM composable_rust.deadlines \
                WHERE consumer = $1 AND due_at <= $2::text::timestamptz AND (claimed_until IS NULL OR claimed_until <= $2::text::timestamptz) \
-               ORDER BY due_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+               ORDER BY due_at, seq LIMIT $3 FOR UPDATE SKIP LOCKED)) \
              RETURNING {DEADLINE_COLUMNS}"
         ))
         .bind(consumer)
@@ -605,10 +653,13 @@ impl EventStore for PostgresEventStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        let mut claimed: Vec<ClaimedDeadline> = rows.iter().map(deadline_from_row).collect::<Result<_, _>>()?;
-        // RETURNING gives no order: earliest due first, as chosen.
-        claimed.sort_by_key(|c| (c.deadline.due_at, c.deadline.id));
-        Ok(claimed)
+        let mut claimed: Vec<(i64, ClaimedDeadline)> = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>("seq").map_err(|e| corrupt("deadline row", e))?, deadline_from_row(row)?)))
+            .collect::<Result<_, EventStoreError>>()?;
+        // RETURNING gives no order: earliest due first, then in scheduling order, as chosen.
+        claimed.sort_by_key(|(seq, c)| (c.deadline.due_at, *seq));
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
     async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError> {
@@ -619,7 +670,7 @@ impl EventStore for PostgresEventStore {
     async fn deadlines(&self, consumer: &str, instance: Option<&str>, limit: usize) -> Result<Vec<StoredDeadline>, EventStoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {DEADLINE_COLUMNS} FROM composable_rust.deadlines WHERE consumer = $1 AND ($2::text IS NULL OR instance = $2) \
-             ORDER BY due_at, id LIMIT $3"
+             ORDER BY due_at, seq LIMIT $3"
         ))
         .bind(consumer)
         .bind(instance)

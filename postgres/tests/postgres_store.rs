@@ -297,3 +297,196 @@ async fn a_store_used_before_migrate_says_so_and_keeps_the_sqlx_error() {
     unmigrated.raw_pool().close().await;
     sqlx::query(&format!("DROP DATABASE {name}")).execute(shared.raw_pool()).await.unwrap();
 }
+
+mod read_side {
+    //! The read side: the shared read-model conformance suite, and what two stores (processes) on
+    //! one database must not do: both commit from the same checkpoint.
+
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use composable_rust_core::{AppendRequest, DocChange, EventFilter, EventStore, ExpectedVersion, GlobalPosition, ReadModelError, ReadModelStore, StreamId};
+    use composable_rust_postgres::PostgresEventStore;
+    use composable_rust_testing::conformance::read_model;
+
+    use super::{event, store};
+
+    fn put(key: &str, value: &str) -> DocChange {
+        DocChange::Put { key: key.into(), value: Bytes::from(value.as_bytes().to_vec()) }
+    }
+
+    fn uid() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_store_passes_the_read_model_conformance_suite() {
+        // A database of its own: some cases expect the head to be their own last append, which the
+        // other tests of this binary, appending to the shared database meanwhile, would move.
+        let Some(store) = super::private_store().await else { return };
+        let store = Arc::new(store);
+        read_model::run_all(|| {
+            let store = Arc::clone(&store);
+            async move { (Arc::clone(&store) as Arc<dyn EventStore>, store as Arc<dyn ReadModelStore>) }
+        })
+        .await;
+        let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(store.raw_pool()).await.unwrap();
+        store.raw_pool().close().await;
+        let shared = shared_store().await;
+        sqlx::query(&format!("DROP DATABASE {name}")).execute(shared.raw_pool()).await.unwrap();
+    }
+
+    async fn shared_store() -> PostgresEventStore {
+        store().await.expect("the database was reachable a moment ago")
+    }
+
+    /// One round of two commits racing from `expected`: exactly one must win, the other be refused
+    /// with `CheckpointMoved` naming the winner's checkpoint, having written nothing.
+    async fn race(a: &PostgresEventStore, b: &PostgresEventStore, projection: &str, expected: u64) -> GlobalPosition {
+        let (to_a, to_b) = (GlobalPosition(expected + 1), GlobalPosition(expected + 2));
+        let (ra, rb) = tokio::join!(
+            a.commit(projection, GlobalPosition(expected), to_a, vec![put("winner", "a"), put(&format!("a{expected}"), "1")]),
+            b.commit(projection, GlobalPosition(expected), to_b, vec![put("winner", "b"), put(&format!("b{expected}"), "1")]),
+        );
+        let (winner, to, refused) = match (ra, rb) {
+            (Ok(()), Err(e)) => ("a", to_a, e),
+            (Err(e), Ok(())) => ("b", to_b, e),
+            (ra, rb) => panic!("round from {expected}: exactly one of two racing commits must succeed, got {ra:?} and {rb:?}"),
+        };
+        match refused {
+            ReadModelError::CheckpointMoved { expected: e, actual, .. } => assert_eq!((e, actual), (GlobalPosition(expected), to), "round from {expected}"),
+            other => panic!("round from {expected}: the loser must get CheckpointMoved, got {other:?}"),
+        }
+        assert_eq!(a.checkpoint(projection).await.unwrap().position, to);
+        assert_eq!(b.get(projection, "winner").await.unwrap().as_deref(), Some(winner.as_bytes()), "the winner's documents");
+        let loser = if winner == "a" { "b" } else { "a" };
+        assert_eq!(a.get(projection, &format!("{loser}{expected}")).await.unwrap(), None, "the refused commit wrote nothing");
+        to
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_stores_on_one_database_never_both_commit_from_the_same_checkpoint() {
+        // Two stores with pools of their own, as two processes would have them.
+        let (Some(a), Some(b)) = (store().await, store().await) else { return };
+        let projection = format!("race-{}", uid());
+        let mut at = 0;
+        for _ in 0..200 {
+            at = race(&a, &b, &projection, at).await.0;
+        }
+        // First commits (from 0, no checkpoint row yet: both try to insert it) are exclusive too.
+        for round in 0..200 {
+            race(&a, &b, &format!("{projection}-first-{round}"), 0).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_swap_racing_commits_of_the_live_projection_leaves_the_shadow_in_place() {
+        let (Some(a), Some(b)) = (store().await, store().await) else { return };
+        for round in 0..50 {
+            let live = format!("swap-{}", uid());
+            let shadow = format!("{live}~rebuild");
+            if round % 2 == 0 {
+                a.commit(&live, GlobalPosition(0), GlobalPosition(10), vec![put("old", "1")]).await.unwrap();
+            }
+            b.commit(&shadow, GlobalPosition(0), GlobalPosition(7), vec![put("new", "1")]).await.unwrap();
+            let from = if round % 2 == 0 { 10 } else { 0 };
+            let (committed, swapped) = tokio::join!(a.commit(&live, GlobalPosition(from), GlobalPosition(20), vec![put("late", "1")]), b.swap(&live, &shadow));
+            swapped.expect("the swap succeeds whatever commits race it");
+            // Whether the commit ran before the swap or was refused after it, the shadow is live.
+            assert!(matches!(committed, Ok(()) | Err(ReadModelError::CheckpointMoved { .. })), "{committed:?}");
+            assert_eq!(a.checkpoint(&live).await.unwrap().position, GlobalPosition(7));
+            let keys: Vec<String> = a.list(&live, "", 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["new"]);
+            assert_eq!(a.checkpoint(&shadow).await.unwrap().position, GlobalPosition(0));
+            assert!(a.list(&shadow, "", 10).await.unwrap().is_empty());
+        }
+        // A shadow never committed swaps in as "never committed".
+        let live = format!("swap-{}", uid());
+        a.commit(&live, GlobalPosition(0), GlobalPosition(3), vec![put("x", "1")]).await.unwrap();
+        a.swap(&live, &format!("{live}~empty")).await.unwrap();
+        let cp = a.checkpoint(&live).await.unwrap();
+        assert_eq!((cp.position, cp.updated_at), (GlobalPosition(0), None));
+        assert!(a.list(&live, "", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn prefixes_and_categories_take_like_wildcards_literally() {
+        let Some(store) = store().await else { return };
+        let p = format!("wildcards-{}", uid());
+        let keys = ["a%b", "a_c", "abc", "a%", "a", "b", "B"];
+        store.commit(&p, GlobalPosition(0), GlobalPosition(1), keys.iter().map(|k| put(k, k)).collect()).await.unwrap();
+        let listed = |prefix: &'static str| {
+            let (store, p) = (store.clone(), p.clone());
+            async move { store.list(&p, prefix, 100).await.unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>() }
+        };
+        assert_eq!(listed("a%").await, ["a%", "a%b"]);
+        assert_eq!(listed("a_").await, ["a_c"]);
+        assert_eq!(listed("a").await, ["a", "a%", "a%b", "a_c", "abc"], "key (byte) order");
+        assert_eq!(listed("").await, ["B", "a", "a%", "a%b", "a_c", "abc", "b"], "byte order, whatever the database's locale");
+        assert!(listed("c").await.is_empty());
+
+        let u = uid();
+        let start = store.head().await.unwrap();
+        let mut last = start;
+        for stream in ["x_y{u}-1", "xzy{u}-1", "x%{u}-1", "xa{u}-1", "x_y{u}", "x_y{u}z-1", "x_y{u}-2-3"] {
+            let stream = StreamId::new(stream.replace("{u}", &u)).unwrap();
+            last = store.append(AppendRequest::new(stream, ExpectedVersion::Any, vec![event(1)])).await.unwrap().first_position;
+        }
+        let streams = |filter: EventFilter| {
+            let store = store.clone();
+            let u = u.clone();
+            async move {
+                let page = store.read_all_filtered(start, 100_000, &filter).await.unwrap();
+                assert!(page.scanned_to >= last, "looked up to the horizon");
+                page.events.into_iter().map(|e| e.event.stream_id.unwrap().as_str().replace(&u, "")).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(streams(EventFilter::all().category(format!("x_y{u}"))).await, ["x_y-1", "x_y-2-3"]);
+        assert_eq!(streams(EventFilter::all().category(format!("x%{u}"))).await, ["x%-1"]);
+        assert_eq!(streams(EventFilter::all().category(format!("x_y{u}")).category(format!("xa{u}"))).await, ["x_y-1", "xa-1", "x_y-2-3"]);
+        assert!(streams(EventFilter::all().category(format!("x_y{u}")).event_type("Other.v1")).await.is_empty());
+        let after_last = store.read_all_filtered(GlobalPosition(u64::MAX >> 2), 10, &EventFilter::all()).await.unwrap();
+        assert_eq!(after_last.scanned_to, GlobalPosition(u64::MAX >> 2), "never moves back");
+        assert_eq!(store.read_all_filtered(start, 0, &EventFilter::all()).await.unwrap().scanned_to, start);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_filtered_reader_during_concurrent_appends_sees_every_matching_event_once_in_order() {
+        let Some(store) = store().await else { return };
+        let store = Arc::new(store);
+        let cat = format!("late{}", uid());
+        let start = store.head().await.unwrap();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let (store, cat) = (Arc::clone(&store), cat.clone());
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        let wanted = StreamId::new(format!("{cat}-{w}")).unwrap();
+                        store.append(AppendRequest::new(wanted, ExpectedVersion::Any, vec![event(i)])).await.unwrap();
+                        let noise = StreamId::new(format!("noise{cat}-{w}")).unwrap();
+                        store.append(AppendRequest::new(noise, ExpectedVersion::Any, vec![event(i)])).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let filter = EventFilter::all().category(cat.clone());
+        let (mut position, mut seen) = (start, Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while seen.len() < 400 {
+            assert!(std::time::Instant::now() < deadline, "saw {} of 400 events in 60 s", seen.len());
+            let page = store.read_all_filtered(position, 7, &filter).await.unwrap();
+            assert!(page.scanned_to >= position);
+            assert!(page.events.iter().all(|e| e.position > position && e.position <= page.scanned_to));
+            position = page.scanned_to;
+            seen.extend(page.events);
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(seen.windows(2).all(|w| w[0].position < w[1].position), "in commit order, no repeats");
+        let ids: HashSet<uuid::Uuid> = seen.iter().map(|e| e.event.event_id).collect();
+        assert_eq!((seen.len(), ids.len()), (400, 400), "every matching event seen exactly once, none skipped");
+        assert!(store.read_all_filtered(position, 100, &filter).await.unwrap().events.is_empty());
+    }
+}

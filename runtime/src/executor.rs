@@ -594,6 +594,11 @@ impl Executor {
         let now = self.shared.clock.now();
         let mut timers = Vec::new();
         for (path, decision) in net {
+            if deadline_name(&decision).is_empty() {
+                // Refused as the saga runner refuses it: a dead letter, the rest of the run stands.
+                dead_letter(&*self.shared.dead_letters, "deadline".into(), "a deadline needs a non-empty name; this one was ignored".into(), 1, None);
+                continue;
+            }
             match decision {
                 Effect::CancelDeadline(name) => {
                     let id = scope.scoped(timer_id(&name));

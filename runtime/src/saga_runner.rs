@@ -68,6 +68,9 @@ fn feed_filter(feed: &StoreSubscription) -> EventFilter {
 /// Namespace for step ids (UUID v5), so that the same event gives the same step id in every process.
 const SAGA_STEP_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_4a3e_8f7b_4c59_9d0e_52b1_0c7e_a001);
 
+/// Event type of a deadline carried in a dead letter (payload: the encoded action).
+pub const DEADLINE_EVENT_TYPE: &str = "SagaDeadline.v1";
+
 /// Event type of the records in a saga instance stream.
 pub const SAGA_STEP_EVENT_TYPE: &str = "SagaStep.v1";
 
@@ -251,6 +254,9 @@ struct Inner<S: Saga> {
     deadline_lease: Duration,
     stats: Arc<SagaStats>,
     detached: Tracker,
+    /// Deadlines claimed by this worker and not handled yet: claimed again (their lease ran out
+    /// while they waited in a busy lane) they are not queued a second time.
+    deadlines_in_hand: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 /// Controls a spawned saga worker.
@@ -298,6 +304,7 @@ impl<S: Saga> SagaRunner<S> {
                 deadline_lease: Duration::from_secs(30),
                 stats: Arc::default(),
                 detached: Tracker::new(),
+                deadlines_in_hand: Mutex::default(),
             }),
         }
     }
@@ -384,7 +391,7 @@ impl<S: Saga> SagaRunner<S> {
     /// after the other; returns how many were handled. A spawned worker does this by itself every
     /// [`SagaRunner::with_deadline_poll`]; call it when driving the runner by hand.
     pub async fn fire_due_deadlines(&self) -> Result<usize, SagaError> {
-        let claimed = self.inner.claim_due().await?;
+        let claimed = self.inner.claim_due(self.inner.max_in_hand).await?;
         let n = claimed.len();
         for c in claimed {
             self.inner.handle_deadline(c).await;
@@ -655,6 +662,11 @@ impl<S: Saga> Inner<S> {
         let now = self.executor.clock().now();
         let owner = DeadlineOwner::new(SagaRunner::<S>::consumer(), step.instance_id.clone());
         for decision in deadline::net(deadline::changes(effects)) {
+            if let Some(problem) = deadline::refusal(&decision) {
+                // Refused like the in-process timers refuse it: the rest of the step stands.
+                dead_letter(&**self.executor.dead_letters(), format!("deadline of saga {} instance {}", S::NAME, step.instance_id), problem, 1, None);
+                continue;
+            }
             out.push(match decision {
                 Decision::Schedule(d) => DeadlineChange::Schedule(StoredDeadline {
                     id: SagaRunner::<S>::deadline_id(step.id, &d.name),
@@ -669,10 +681,10 @@ impl<S: Saga> Inner<S> {
         Ok(out)
     }
 
-    async fn claim_due(&self) -> Result<Vec<ClaimedDeadline>, SagaError> {
+    async fn claim_due(&self, limit: usize) -> Result<Vec<ClaimedDeadline>, SagaError> {
         let now = self.executor.clock().now();
         self.store
-            .claim_due_deadlines(&SagaRunner::<S>::consumer(), now, self.deadline_lease, self.max_in_hand)
+            .claim_due_deadlines(&SagaRunner::<S>::consumer(), now, self.deadline_lease, limit)
             .await
             .map_err(|source| SagaError::Store { saga: S::NAME, source })
     }
@@ -682,10 +694,35 @@ impl<S: Saga> Inner<S> {
     /// leaves it claimed: it is claimed again when the lease ends. A deadline that cannot be
     /// decoded, or whose step fails for good, is dead-lettered and completed.
     async fn handle_deadline(self: &Arc<Self>, claimed: ClaimedDeadline) {
+        let id = claimed.deadline.id;
+        self.fire_claimed(claimed).await;
+        self.deadlines_in_hand.lock().remove(&id);
+    }
+
+    async fn fire_claimed(self: &Arc<Self>, claimed: ClaimedDeadline) {
         let d = claimed.deadline;
         let what = format!("saga {} deadline {} of {}", S::NAME, d.name, d.owner.instance);
         let letters = Arc::clone(self.executor.dead_letters());
-        let give_up = |error: String, attempts: u32| dead_letter(&*letters, what.clone(), error, attempts, None);
+        // The dead letter carries the deadline as an event (payload = the encoded action), so it
+        // can be replayed by hand.
+        let as_event = {
+            let mut metadata = EventMetadata::now().with_correlation_id(d.owner.instance.clone());
+            metadata.headers.insert("deadline".into(), d.name.clone());
+            metadata.headers.insert("consumer".into(), d.owner.consumer.clone());
+            SerializedEvent::new(DEADLINE_EVENT_TYPE, d.payload.clone(), Some(metadata)).with_event_id(d.id)
+        };
+        let give_up = |error: String, attempts: u32| {
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            dead_letter(&*letters, what.clone(), error, attempts, Some(as_event.clone()));
+        };
+        if claimed.claims > self.max_deliveries {
+            give_up(
+                format!("claimed {} times without being handled (each claim retried it {} times)", claimed.claims - 1, self.max_deliveries),
+                claimed.claims,
+            );
+            self.complete(d.id).await;
+            return;
+        }
         let stream = match SagaRunner::<S>::instance_stream(&d.owner.instance) {
             Ok(s) => s,
             Err(e) => {
@@ -721,8 +758,10 @@ impl<S: Saga> Inner<S> {
                 // Cancelled or replaced meanwhile (or fired by a worker whose lease outlived it):
                 // the row is gone or someone else's to complete.
                 Ok(StepOutcome::Skipped) => return,
-                Ok(_) => {
-                    self.stats.deadlines_fired.fetch_add(1, Ordering::Relaxed);
+                Ok(outcome) => {
+                    if outcome == StepOutcome::Applied {
+                        self.stats.deadlines_fired.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.complete(d.id).await;
                     return;
                 }
@@ -731,12 +770,7 @@ impl<S: Saga> Inner<S> {
                     self.executor.clock().sleep(self.executor.retry_policy().backoff_after(attempt)).await;
                     attempt += 1;
                 }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, attempt, "deadline step still failing; it is claimed again when its lease ends");
-                    return;
-                }
                 Err(e) => {
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     give_up(e.to_string(), attempt);
                     self.complete(d.id).await;
                     return;
@@ -782,15 +816,25 @@ impl<S: Saga> Inner<S> {
     /// Claims the due deadlines and queues each in its instance's lane; returns whether the claim
     /// was full (more may be due).
     async fn fire_due_into(&self, lanes: &crate::lanes::Lanes<String, Work>) -> bool {
-        let claimed = match self.claim_due().await {
+        // Only as many as there are free slots, so a backlog of due deadlines never makes the
+        // worker wait to queue them (and so hold back deliveries).
+        let free = self.max_in_hand.saturating_sub(lanes.in_hand());
+        if free == 0 {
+            return false;
+        }
+        let claimed = match self.claim_due(free).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "looking for due deadlines failed; trying again");
                 Vec::new()
             }
         };
-        let full = claimed.len() >= self.max_in_hand;
+        let full = claimed.len() >= free;
         for c in claimed {
+            // Claimed again while still in hand: that claim renewed its lease; it is queued once.
+            if !self.deadlines_in_hand.lock().insert(c.deadline.id) {
+                continue;
+            }
             lanes.push(c.deadline.owner.instance.clone(), Work::Deadline(c)).await;
         }
         full
@@ -801,8 +845,9 @@ impl<S: Saga> Inner<S> {
         // Deadlines due while no worker ran are claimed at once.
         let mut poll = self.executor.clock().sleep(Duration::ZERO);
         loop {
+            // Not biased between the bus and the deadline poll: a backlog of either never starves
+            // the other.
             let item = tokio::select! {
-                biased;
                 _ = stop.wait_for(|s| *s) => break,
                 () = &mut poll => None,
                 item = stream.next() => Some(item),

@@ -46,6 +46,7 @@
 //!   same guarantees except durability, a new database on every connect.
 
 mod config;
+mod read_model;
 mod store;
 
 pub use config::{SqliteConfig, SqliteError};

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use composable_rust_core::event_store::{PruneReport, identical_retry};
 use composable_rust_core::{
-    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventMetadata, EventStore, EventStoreError, GlobalPosition,
-    PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
+    AppendRequest, AppendResult, ClaimedDeadline, DeadlineChange, DeadlineOwner, EventFilter, EventMetadata, EventStore, EventStoreError, FilteredPage,
+    GlobalPosition, PendingPublication, RecordedEvent, SerializedEvent, Snapshot, StoredDeadline, StreamId, Topic, Version,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -29,14 +29,14 @@ const PRUNE_BATCH: i64 = 10_000;
 /// clone (pools are shared).
 #[derive(Debug, Clone)]
 pub struct SqliteEventStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
     /// In memory only: a connection that is never used, which keeps the named in-memory database
     /// alive even while the pool replaces its connection.
     _keeper: Option<SqlitePool>,
 }
 
-fn map_err(e: sqlx::Error) -> EventStoreError {
+pub(crate) fn map_err(e: sqlx::Error) -> EventStoreError {
     let transient = match &e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.message().contains("locked") || db.message().contains("busy"),
@@ -102,7 +102,8 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
 }
 
 /// The columns [`deadline_from_row`] reads.
-const DEADLINE_COLUMNS: &str = "id, consumer, instance, name, due_at, payload, fired, claims";
+// `rowid` grows with each insert: the scheduling order of deadlines due together.
+const DEADLINE_COLUMNS: &str = "id, consumer, instance, name, due_at, payload, fired, claims, rowid AS seq";
 
 /// A deadline time as the schema stores it: microseconds since the Unix epoch (UTC), exact for
 /// every time the suite compares (millisecond precision and finer).
@@ -365,6 +366,10 @@ impl SqliteEventStore {
 
 #[async_trait]
 impl EventStore for SqliteEventStore {
+    fn read_model_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn composable_rust_core::ReadModelStore>> {
+        Some(self)
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
         let span = tracing::debug_span!("append", store = "sqlite", stream = %request.stream_id, events = request.events.len());
         self.append_in_transaction(request).instrument(span).await
@@ -398,6 +403,47 @@ impl EventStore for SqliteEventStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head(&self) -> Result<GlobalPosition, EventStoreError> {
+        // Positions follow commit order (one writer at a time holds the file's write lock), so the
+        // highest committed one is readable without a gap.
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM events").fetch_one(&self.reader).await.map_err(map_err)?;
+        Ok(GlobalPosition(to_u64(head)))
+    }
+
+    async fn read_all_filtered(&self, after: GlobalPosition, limit: usize, filter: &EventFilter) -> Result<FilteredPage, EventStoreError> {
+        if limit == 0 {
+            return Ok(FilteredPage { events: Vec::new(), scanned_to: after });
+        }
+        // One statement, so one snapshot: `scan_end` is the `limit`-th event after `after`, or the
+        // head when fewer follow (all committed, in commit order); the rows are the events up to it
+        // that `filter` matches. A LEFT JOIN keeps one row (of NULL events) when none matches.
+        let columns = EVENT_COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+        let (condition, binds) = crate::read_model::filter_condition(filter, 3).map_or((String::new(), Vec::new()), |(c, b)| (format!(" AND {c}"), b));
+        let sql = format!(
+            "WITH scan AS (SELECT coalesce( \
+               (SELECT global_position FROM events WHERE global_position > ?1 ORDER BY global_position LIMIT 1 OFFSET ?2), \
+               (SELECT max(global_position) FROM events)) AS scan_end) \
+             SELECT scan.scan_end AS scan_end, {columns} FROM scan \
+             LEFT JOIN events e ON e.global_position > ?1 AND e.global_position <= scan.scan_end{condition} \
+             ORDER BY e.global_position"
+        );
+        let mut query = sqlx::query(&sql).bind(to_i64(after.0)).bind(i64::try_from(limit - 1).unwrap_or(i64::MAX));
+        for value in binds {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
+        let mut scanned_to = after;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let scan_end: Option<i64> = row.try_get("scan_end").map_err(|e| corrupt("filtered read", e))?;
+            scanned_to = scanned_to.max(GlobalPosition(scan_end.map_or(0, to_u64)));
+            if row.try_get::<Option<i64>, _>("global_position").map_err(|e| corrupt("event row", e))?.is_some() {
+                events.push(event_from_row(row)?);
+            }
+        }
+        Ok(FilteredPage { events, scanned_to })
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), EventStoreError> {
@@ -482,7 +528,7 @@ impl EventStore for SqliteEventStore {
         let rows = sqlx::query(&format!(
             "UPDATE deadlines SET claimed_until = ?, claims = claims + 1 WHERE id IN ( \
                SELECT id FROM deadlines WHERE consumer = ? AND due_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?) \
-               ORDER BY due_at, id LIMIT ?) \
+               ORDER BY due_at, rowid LIMIT ?) \
              RETURNING {DEADLINE_COLUMNS}"
         ))
         .bind(lease_end(now, lease))
@@ -493,10 +539,13 @@ impl EventStore for SqliteEventStore {
         .fetch_all(&self.writer)
         .await
         .map_err(map_err)?;
-        let mut claimed: Vec<ClaimedDeadline> = rows.iter().map(deadline_from_row).collect::<Result<_, _>>()?;
-        // RETURNING gives no order: earliest due first, as selected.
-        claimed.sort_by_key(|c| (c.deadline.due_at, c.deadline.id));
-        Ok(claimed)
+        let mut claimed: Vec<(i64, ClaimedDeadline)> = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>("seq").map_err(|e| corrupt("deadline row", e))?, deadline_from_row(row)?)))
+            .collect::<Result<_, EventStoreError>>()?;
+        // RETURNING gives no order: earliest due first, then in scheduling order, as selected.
+        claimed.sort_by_key(|(seq, c)| (c.deadline.due_at, *seq));
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
     async fn complete_deadline(&self, id: Uuid) -> Result<(), EventStoreError> {
@@ -508,7 +557,7 @@ impl EventStore for SqliteEventStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = match instance {
             Some(instance) => {
-                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? AND instance = ? ORDER BY due_at, id LIMIT ?"))
+                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? AND instance = ? ORDER BY due_at, rowid LIMIT ?"))
                     .bind(consumer)
                     .bind(instance)
                     .bind(limit)
@@ -516,7 +565,7 @@ impl EventStore for SqliteEventStore {
                     .await
             }
             None => {
-                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? ORDER BY due_at, id LIMIT ?"))
+                sqlx::query(&format!("SELECT {DEADLINE_COLUMNS} FROM deadlines WHERE consumer = ? ORDER BY due_at, rowid LIMIT ?"))
                     .bind(consumer)
                     .bind(limit)
                     .fetch_all(&self.reader)

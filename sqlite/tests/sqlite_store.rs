@@ -357,3 +357,134 @@ async fn outbox_rows_published_before_the_retention_migration_are_pruned_by_thei
     assert_eq!(report.outbox_rows, 1, "the other one goes once the horizon passes it");
     assert!(store.pending_publications(10).await.unwrap().is_empty(), "no published row became pending");
 }
+
+mod read_side {
+    //! The read side: the shared read-model conformance suite, and what two stores (processes) on
+    //! one file must not do: both commit from the same checkpoint.
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use composable_rust_core::{DocChange, EventFilter, EventStore, GlobalPosition, ReadModelError, ReadModelStore};
+    use composable_rust_sqlite::SqliteEventStore;
+    use composable_rust_testing::conformance::read_model;
+
+    use super::{TempDb, temp_files};
+
+    fn both(store: SqliteEventStore) -> read_model::Stores {
+        let store = Arc::new(store);
+        (Arc::clone(&store) as Arc<dyn EventStore>, store as Arc<dyn ReadModelStore>)
+    }
+
+    fn put(key: &str, value: &str) -> DocChange {
+        DocChange::Put { key: key.into(), value: Bytes::from(value.as_bytes().to_vec()) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_store_passes_the_read_model_conformance_suite() {
+        let files = Arc::new(temp_files::Files::default());
+        read_model::run_all(move || {
+            let files = Arc::clone(&files);
+            async move {
+                let db = TempDb::new();
+                let store = SqliteEventStore::open(&db.0).await.expect("open");
+                files.keep(db);
+                both(store)
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_memory_store_passes_the_read_model_conformance_suite() {
+        read_model::run_all(|| async { both(SqliteEventStore::in_memory().await.expect("open")) }).await;
+    }
+
+    /// Both outcomes of one round of two commits racing from `expected`: exactly one must win, the
+    /// other be refused with `CheckpointMoved` naming the winner's checkpoint.
+    async fn race(a: &Arc<SqliteEventStore>, b: &Arc<SqliteEventStore>, projection: &str, expected: u64) -> GlobalPosition {
+        let (to_a, to_b) = (GlobalPosition(expected + 1), GlobalPosition(expected + 2));
+        let (ra, rb) = tokio::join!(
+            a.commit(projection, GlobalPosition(expected), to_a, vec![put("winner", "a"), put(&format!("a{expected}"), "1")]),
+            b.commit(projection, GlobalPosition(expected), to_b, vec![put("winner", "b"), put(&format!("b{expected}"), "1")]),
+        );
+        let (winner, to, refused) = match (ra, rb) {
+            (Ok(()), Err(e)) => ("a", to_a, e),
+            (Err(e), Ok(())) => ("b", to_b, e),
+            (ra, rb) => panic!("round from {expected}: exactly one of two racing commits must succeed, got {ra:?} and {rb:?}"),
+        };
+        match refused {
+            ReadModelError::CheckpointMoved { expected: e, actual, .. } => assert_eq!((e, actual), (GlobalPosition(expected), to), "round from {expected}"),
+            other => panic!("round from {expected}: the loser must get CheckpointMoved, got {other:?}"),
+        }
+        assert_eq!(a.checkpoint(projection).await.unwrap().position, to);
+        assert_eq!(b.get(projection, "winner").await.unwrap().as_deref(), Some(winner.as_bytes()), "the winner's documents");
+        let loser = if winner == "a" { "b" } else { "a" };
+        assert_eq!(a.get(projection, &format!("{loser}{expected}")).await.unwrap(), None, "the refused commit wrote nothing");
+        to
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_stores_on_one_file_never_both_commit_from_the_same_checkpoint() {
+        let db = TempDb::new();
+        let a = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+        let b = Arc::new(SqliteEventStore::open(&db.0).await.unwrap());
+        let projection = format!("race-{}", uuid::Uuid::new_v4().simple());
+        let mut at = 0;
+        for _ in 0..200 {
+            at = race(&a, &b, &projection, at).await.0;
+        }
+        // First commits (from 0, no checkpoint row yet) are exclusive too.
+        for round in 0..100 {
+            race(&a, &b, &format!("{projection}-first-{round}"), 0).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixes_and_categories_take_like_wildcards_literally() {
+        let store = SqliteEventStore::in_memory().await.unwrap();
+        let p = "wildcards";
+        let keys = ["a%b", "a_c", "abc", "a%", "a", "b"];
+        store.commit(p, GlobalPosition(0), GlobalPosition(1), keys.iter().map(|k| put(k, k)).collect()).await.unwrap();
+        let listed = |prefix: &'static str| {
+            let store = store.clone();
+            async move { store.list(p, prefix, 100).await.unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>() }
+        };
+        assert_eq!(listed("a%").await, ["a%", "a%b"]);
+        assert_eq!(listed("a_").await, ["a_c"]);
+        assert_eq!(listed("a").await, ["a", "a%", "a%b", "a_c", "abc"], "key (byte) order");
+        assert_eq!(listed("").await.len(), keys.len());
+        assert!(listed("c").await.is_empty());
+
+        let append = |stream: &str| {
+            composable_rust_core::AppendRequest::new(
+                composable_rust_core::StreamId::new(stream).unwrap(),
+                composable_rust_core::ExpectedVersion::Any,
+                vec![super::event(1)],
+            )
+        };
+        for stream in ["x_y-1", "xzy-1", "x%-1", "xa-1", "x_y", "x_yz-1", "x_y-2-3"] {
+            store.append(append(stream)).await.unwrap();
+        }
+        let streams = |filter: EventFilter| {
+            let store = store.clone();
+            async move {
+                let page = store.read_all_filtered(GlobalPosition(0), 100, &filter).await.unwrap();
+                page.events.into_iter().map(|e| e.event.stream_id.unwrap().as_str().to_string()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(streams(EventFilter::all().category("x_y")).await, ["x_y-1", "x_y-2-3"]);
+        assert_eq!(streams(EventFilter::all().category("x%")).await, ["x%-1"]);
+        assert_eq!(streams(EventFilter::all().category("x_y").category("xa")).await, ["x_y-1", "xa-1", "x_y-2-3"]);
+        assert!(streams(EventFilter::all().category("x_y").event_type("Other.v1")).await.is_empty());
+        assert_eq!(streams(EventFilter::all().event_type("Counted.v1")).await.len(), 7);
+        let page = store.read_all_filtered(GlobalPosition(0), 100, &EventFilter::all().category("none")).await.unwrap();
+        assert_eq!((page.events.len(), page.scanned_to), (0, GlobalPosition(7)), "nothing matched: looked up to the head");
+        let page = store.read_all_filtered(GlobalPosition(2), 3, &EventFilter::all().category("x_y")).await.unwrap();
+        assert_eq!(page.scanned_to, GlobalPosition(5), "looked at 3 events");
+        assert!(page.events.is_empty());
+        assert_eq!(store.read_all_filtered(GlobalPosition(9), 3, &EventFilter::all()).await.unwrap().scanned_to, GlobalPosition(9), "never moves back");
+        assert_eq!(store.read_all_filtered(GlobalPosition(0), 0, &EventFilter::all()).await.unwrap().scanned_to, GlobalPosition(0));
+        assert_eq!(store.head().await.unwrap(), GlobalPosition(7));
+    }
+}

@@ -428,6 +428,9 @@ where
             }
         }
         drop(panics);
+        for letter in self.dead_letters.letters().iter().filter(|l| l.what == "deadline") {
+            problems.push(format!("a deadline was refused: {}", letter.error));
+        }
         assert!(problems.is_empty(), "TestStore ended with unfinished work:\n{}", problems.join("\n"));
     }
 }

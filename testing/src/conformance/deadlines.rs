@@ -75,6 +75,21 @@ where
     due_deadlines_come_earliest_first_per_consumer(factory().await).await;
     concurrent_claimers_never_get_the_same_deadline(factory().await).await;
     bad_deadline_changes_are_refused(factory().await).await;
+    deadlines_due_together_come_in_scheduling_order(factory().await).await;
+}
+
+/// Deadlines due at the same instant are claimed and listed in the order they were scheduled (the
+/// order `TestStore` fires them), whatever their ids.
+pub async fn deadlines_due_together_come_in_scheduling_order(store: Arc<dyn EventStore>) {
+    let f = Fixture::new();
+    let t0 = base();
+    let scheduled: Vec<StoredDeadline> = (0..8).map(|i| f.deadline(&format!("order-{i}"), "tick", t0)).collect();
+    f.step(&*store, scheduled[..5].iter().cloned().map(DeadlineChange::Schedule).collect()).await.unwrap();
+    f.step(&*store, scheduled[5..].iter().cloned().map(DeadlineChange::Schedule).collect()).await.unwrap();
+    let expected: Vec<Uuid> = scheduled.iter().map(|d| d.id).collect();
+    assert_eq!(f.listed(&*store).await, expected, "listed in scheduling order");
+    let claimed: Vec<Uuid> = store.claim_due_deadlines(&f.consumer, t0, LEASE, 100).await.unwrap().into_iter().map(|c| c.deadline.id).collect();
+    assert_eq!(claimed, expected, "claimed in scheduling order");
 }
 
 /// A deadline stored with an append is not claimable before it is due, then is, once; it is listed
