@@ -449,6 +449,12 @@ impl<P: Projection> ProjectionRunner<P> {
 impl<P: Projection> RunnerInner<P> {
     async fn run_batch(&self) -> Result<BatchReport, ProjectionError> {
         let from = self.models.checkpoint(&self.name).await?.position;
+        self.run_batch_from(from).await
+    }
+
+    /// One batch from `from`, the checkpoint as last read or committed (a stale one only costs a
+    /// dropped batch: the commit's compare-and-set refuses it).
+    async fn run_batch_from(&self, from: GlobalPosition) -> Result<BatchReport, ProjectionError> {
         let page = self.events.read_all_filtered(from, self.batch, &self.projection.filter()).await?;
         if page.scanned_to <= from {
             return Ok(BatchReport { applied: 0, checkpoint: from, moved: false });
@@ -473,8 +479,11 @@ impl<P: Projection> RunnerInner<P> {
 
     async fn catch_up(&self, progress: impl Fn(GlobalPosition)) -> Result<(GlobalPosition, u64), ProjectionError> {
         let mut applied = 0;
+        let mut from = self.models.checkpoint(&self.name).await?.position;
         loop {
-            let r = self.run_batch().await?;
+            // The checkpoint this batch committed is where the next starts: no read in between.
+            let r = self.run_batch_from(from).await?;
+            from = r.checkpoint;
             applied += r.applied as u64;
             progress(r.checkpoint);
             if !r.moved {

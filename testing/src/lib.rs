@@ -18,6 +18,7 @@ pub mod aggregate_scenario;
 pub mod clock;
 pub mod conformance;
 pub mod diff;
+pub mod replay;
 pub mod saga_scenario;
 pub mod test_store;
 
