@@ -72,21 +72,26 @@ pub struct SqliteConfig {
     location: Location,
     busy_timeout: Duration,
     reader_connections: u32,
+    max_group: usize,
 }
+
+/// The default of [`SqliteConfig::max_group`].
+const DEFAULT_MAX_GROUP: usize = 64;
 
 impl SqliteConfig {
     /// The database file at `path` (created if missing, with its schema); the path `:memory:` is
-    /// [`SqliteConfig::in_memory`]. Defaults: a 5 s busy timeout, 4 reader connections.
+    /// [`SqliteConfig::in_memory`]. Defaults: a 5 s busy timeout, 4 reader connections, groups of
+    /// up to 64 writes per transaction ([`SqliteConfig::with_max_group`]).
     pub fn new(path: impl AsRef<Path>) -> Self {
         if path.as_ref() == Path::new(":memory:") {
             return Self::in_memory();
         }
-        Self { location: Location::File(path.as_ref().to_path_buf()), busy_timeout: Duration::from_secs(5), reader_connections: 4 }
+        Self { location: Location::File(path.as_ref().to_path_buf()), ..Self::in_memory() }
     }
 
     /// A private in-memory database, new for every store opened with this configuration.
     pub fn in_memory() -> Self {
-        Self { location: Location::Memory, busy_timeout: Duration::from_secs(5), reader_connections: 4 }
+        Self { location: Location::Memory, busy_timeout: Duration::from_secs(5), reader_connections: 4, max_group: DEFAULT_MAX_GROUP }
     }
 
     /// The database of a composable-rust SQLite URL: `sqlite:PATH` (or `sqlite://PATH`) for a file,
@@ -139,6 +144,29 @@ impl SqliteConfig {
     #[must_use]
     pub fn with_reader_connections(mut self, connections: u32) -> Self {
         self.reader_connections = connections.max(1);
+        self
+    }
+
+    /// Group commit: at most this many writes (appends and `mark_published` calls) share one
+    /// transaction, and so one fsync. Concurrent appends to different streams that arrive while a
+    /// transaction is being written are combined into the next one, each keeping its own
+    /// expected-version check and result; a lone write is committed at once (no timer). `1` turns
+    /// group commit off: every write is a transaction of its own, as before group commit.
+    pub fn max_group(&self) -> usize {
+        self.max_group
+    }
+
+    /// Sets the most writes one transaction carries (at least 1; `1` turns group commit off).
+    ///
+    /// ```
+    /// use composable_rust_sqlite::SqliteConfig;
+    ///
+    /// assert_eq!(SqliteConfig::new("events.db").max_group(), 64);
+    /// assert_eq!(SqliteConfig::new("events.db").with_max_group(0).max_group(), 1, "at least one");
+    /// ```
+    #[must_use]
+    pub fn with_max_group(mut self, writes: usize) -> Self {
+        self.max_group = writes.max(1);
         self
     }
 }

@@ -1,5 +1,6 @@
 //! The SQLite implementation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::{Location, SqliteConfig, SqliteError};
+use crate::group_commit::{GroupCommit, GroupCommitStats};
 
 /// The schema, applied by every opener.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -25,24 +27,56 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// single writer connection only briefly at a time, and appends go on in between.
 const PRUNE_BATCH: i64 = 10_000;
 
+/// Prepared statements a connection keeps: group commit's multi-row statements take one shape per
+/// row count (up to 64 each for events, stream versions, inbox marks and outbox intents, a few
+/// padded ones for its `IN` lists) besides the single-row statements.
+pub(crate) const WRITER_STATEMENT_CACHE: usize = 512;
+
 /// An event store in one SQLite file (or in memory, see [`SqliteEventStore::in_memory`]). Cheap to
-/// clone (pools are shared).
+/// clone (pools and the group writer are shared).
 #[derive(Debug, Clone)]
 pub struct SqliteEventStore {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    /// The group writer that appends and `mark_published` go through; `None` when group commit is
+    /// off (`max_group` 1): each write is then a transaction of its own.
+    group: Option<Arc<GroupCommit>>,
     /// In memory only: a connection that is never used, which keeps the named in-memory database
     /// alive even while the pool replaces its connection.
     _keeper: Option<SqlitePool>,
 }
 
+/// SQLite's primary result codes that say "not now" rather than "never": `SQLITE_BUSY`,
+/// `SQLITE_LOCKED`, `SQLITE_NOMEM`, `SQLITE_IOERR` and `SQLITE_FULL`.
+const TRANSIENT_CODES: [i64; 5] = [5, 6, 7, 10, 13];
+/// `SQLITE_FULL`: the disk (or the database's size limit) is full.
+const SQLITE_FULL: i64 = 13;
+
+/// The primary SQLite result code of a database error (sqlx reports the extended one).
+fn primary_code(db: &dyn sqlx::error::DatabaseError) -> Option<i64> {
+    db.code().and_then(|code| code.parse::<i64>().ok()).map(|code| code & 0xff)
+}
+
+/// A sqlx error as a store error: [`EventStoreError::Unavailable`] (retryable) when the database was
+/// busy, out of memory or space, or could not be read or written; [`EventStoreError::Backend`]
+/// otherwise. The sqlx error is the source either way.
 pub(crate) fn map_err(e: sqlx::Error) -> EventStoreError {
-    let transient = match &e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.message().contains("locked") || db.message().contains("busy"),
-        _ => false,
+    let (transient, full) = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => (true, false),
+        sqlx::Error::Database(db) => {
+            let code = primary_code(db.as_ref());
+            let transient = code.is_some_and(|c| TRANSIENT_CODES.contains(&c)) || db.message().contains("locked") || db.message().contains("busy");
+            (transient, code == Some(SQLITE_FULL))
+        }
+        _ => (false, false),
     };
-    if transient { EventStoreError::unavailable(e) } else { EventStoreError::backend(e) }
+    if full {
+        EventStoreError::unavailable(composable_rust_core::StoreCause::with_hint(e, "free disk space (or raise the database's size limit), then retry"))
+    } else if transient {
+        EventStoreError::unavailable(e)
+    } else {
+        EventStoreError::backend(e)
+    }
 }
 
 /// A time as the schema stores it (`strftime('%Y-%m-%dT%H:%M:%fZ')`: UTC, milliseconds, fixed
@@ -69,18 +103,18 @@ fn corrupt(what: &str, reason: impl std::fmt::Display) -> EventStoreError {
 }
 
 #[allow(clippy::cast_possible_wrap)] // versions and positions stay far below i64::MAX
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     v as i64
 }
 
 #[allow(clippy::cast_sign_loss)] // stored versions and positions are never negative (CHECK constraints)
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, payload, metadata";
+pub(crate) const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, event_type, payload, metadata";
 
-fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
+pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, EventStoreError> {
     let get_err = |e: sqlx::Error| corrupt("event row", e);
     let id_bytes: Vec<u8> = row.try_get("event_id").map_err(get_err)?;
     let event_id = Uuid::from_slice(&id_bytes).map_err(|e| corrupt("event id", e))?;
@@ -141,7 +175,7 @@ fn deadline_from_row(row: &SqliteRow) -> Result<ClaimedDeadline, EventStoreError
 /// Applies one deadline change of an append inside its transaction (after all its checks passed).
 /// A `Fire` of a deadline that is not pending is [`EventStoreError::DeadlineNotPending`]; the caller
 /// then drops the transaction, which rolls the whole append back.
-async fn apply_deadline_change(conn: &mut sqlx::SqliteConnection, change: &DeadlineChange) -> Result<(), EventStoreError> {
+pub(crate) async fn apply_deadline_change(conn: &mut sqlx::SqliteConnection, change: &DeadlineChange) -> Result<(), EventStoreError> {
     const DELETE_PENDING: &str = "DELETE FROM deadlines WHERE consumer = ? AND instance = ? AND name = ? AND fired = 0";
     match change {
         DeadlineChange::Schedule(d) => {
@@ -188,6 +222,17 @@ async fn apply_deadline_change(conn: &mut sqlx::SqliteConnection, change: &Deadl
     Ok(())
 }
 
+/// Marks one outbox entry published, on its own (group commit off, or its writer gone).
+pub(crate) async fn mark_published_on(writer: &SqlitePool, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
+    sqlx::query("UPDATE outbox SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE event_id = ? AND topic = ? AND published_at IS NULL")
+        .bind(&event_id.as_bytes()[..])
+        .bind(topic.as_str())
+        .execute(writer)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 impl SqliteEventStore {
     /// Opens the database a composable-rust SQLite URL names (`sqlite:PATH`, `sqlite::memory:`; see
     /// [`SqliteConfig::from_url`]), creating the file and applying the schema if needed.
@@ -222,6 +267,7 @@ impl SqliteEventStore {
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
+            .statement_cache_capacity(WRITER_STATEMENT_CACHE)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -233,7 +279,11 @@ impl SqliteEventStore {
         let is_race = |reason: &str| reason.contains("locked") || reason.contains("_sqlx_migrations");
         let mut attempt: u32 = 0;
         let writer = loop {
-            let result = match SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await {
+            // With group commit the writer task takes the connection once per group: no ping first
+            // (an in-process SQLite connection has no peer to lose). Group commit off keeps the
+            // pool's default, as before it.
+            let pool_options = SqlitePoolOptions::new().max_connections(1).test_before_acquire(config.max_group() == 1);
+            let result = match pool_options.connect_with(options.clone()).await {
                 Ok(writer) => match MIGRATOR.run(&writer).await {
                     Ok(()) => Ok(writer),
                     Err(e) => Err(SqliteError::Migrate { path: path_text.clone(), reason: e.to_string() }),
@@ -251,20 +301,46 @@ impl SqliteEventStore {
             }
         };
         let reader = SqlitePoolOptions::new().max_connections(config.reader_connections()).connect_with(options.read_only(true)).await.map_err(open_err)?;
-        Ok(Self { writer, reader, _keeper: None })
+        Ok(Self::with_pools(writer, reader, None, &config))
+    }
+
+    fn with_pools(writer: SqlitePool, reader: SqlitePool, keeper: Option<SqlitePool>, config: &SqliteConfig) -> Self {
+        let group = (config.max_group() > 1).then(|| Arc::new(GroupCommit::start(writer.clone(), config.max_group())));
+        Self { writer, reader, group, _keeper: keeper }
     }
 
     async fn open_in_memory(config: &SqliteConfig) -> Result<Self, SqliteError> {
         // A named shared-cache database lives as long as one connection to it is open: the keeper
         // holds one, so a connection the pool replaces finds the same data, not an empty database.
         let name = format!("file:composable-rust-{}", Uuid::new_v4().simple());
-        let options = SqliteConnectOptions::new().filename(&name).in_memory(true).shared_cache(true).busy_timeout(config.busy_timeout());
+        let options = SqliteConnectOptions::new()
+            .filename(&name)
+            .in_memory(true)
+            .shared_cache(true)
+            .statement_cache_capacity(WRITER_STATEMENT_CACHE)
+            .busy_timeout(config.busy_timeout());
         let single = || SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
         let open_err = |e: sqlx::Error| SqliteError::Open { path: ":memory:".into(), reason: e.to_string() };
         let keeper = single().connect_with(options.clone()).await.map_err(open_err)?;
         let pool = single().connect_with(options).await.map_err(open_err)?;
         MIGRATOR.run(&pool).await.map_err(|e| SqliteError::Migrate { path: ":memory:".into(), reason: e.to_string() })?;
-        Ok(Self { writer: pool.clone(), reader: pool, _keeper: Some(keeper) })
+        Ok(Self::with_pools(pool.clone(), pool, Some(keeper), config))
+    }
+
+    /// What group commit has combined since the store was opened (all zero when it is off, with
+    /// [`SqliteConfig::with_max_group`] `1`).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use composable_rust_sqlite::SqliteEventStore;
+    ///
+    /// let store = SqliteEventStore::in_memory().await?;
+    /// let stats = store.group_commit_stats();
+    /// assert_eq!((stats.transactions, stats.appends), (0, 0));
+    /// # Ok(()) }
+    /// ```
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.group.as_ref().map(|g| g.stats()).unwrap_or_default()
     }
 
     /// Events stored in all.
@@ -273,13 +349,21 @@ impl SqliteEventStore {
         Ok(to_u64(n))
     }
 
-    /// The append itself: one transaction on the single writer connection. `BEGIN IMMEDIATE` takes
-    /// the file's write lock first (waiting up to the busy timeout), so that another process's
-    /// writer committing between this transaction's reads and its writes cannot make it fail.
-    async fn append_in_transaction(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
-        request.validate()?;
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-        if let Some(earlier) = Self::earlier_append(&mut tx, &request).await? {
+    /// An append as a transaction of its own on the single writer connection (group commit off, or
+    /// its writer gone). `BEGIN IMMEDIATE` takes the file's write lock first (waiting up to the busy
+    /// timeout), so that another process's writer committing between this transaction's reads and
+    /// its writes cannot make it fail.
+    pub(crate) async fn append_alone(writer: &SqlitePool, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let result = Self::append_on(&mut tx, request).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(result)
+    }
+
+    /// The writes of one append on `tx`, inside a transaction (or savepoint) the caller commits, or
+    /// rolls back when this fails.
+    pub(crate) async fn append_on(tx: &mut sqlx::SqliteConnection, request: &AppendRequest) -> Result<AppendResult, EventStoreError> {
+        if let Some(earlier) = Self::earlier_append(&mut *tx, request).await? {
             return Ok(earlier);
         }
         let actual: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
@@ -336,11 +420,10 @@ impl SqliteEventStore {
                 .await
                 .map_err(map_err)?;
         }
-        // Last, once every check passed; a refused `Fire` drops `tx`, which rolls everything back.
+        // Last, once every check passed; a refused `Fire` makes the caller roll everything back.
         for change in &request.deadlines {
-            apply_deadline_change(&mut tx, change).await?;
+            apply_deadline_change(&mut *tx, change).await?;
         }
-        tx.commit().await.map_err(map_err)?;
         Ok(AppendResult {
             first_version: actual.next(),
             next_expected_version: version,
@@ -371,8 +454,12 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, EventStoreError> {
+        request.validate()?;
         let span = tracing::debug_span!("append", store = "sqlite", stream = %request.stream_id, events = request.events.len());
-        self.append_in_transaction(request).instrument(span).await
+        match &self.group {
+            Some(group) => group.append(request).instrument(span).await,
+            None => Self::append_alone(&self.writer, &request).instrument(span).await,
+        }
     }
 
     async fn read_stream(&self, stream_id: &StreamId, from: Version, limit: usize) -> Result<Vec<SerializedEvent>, EventStoreError> {
@@ -500,13 +587,10 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
-        sqlx::query("UPDATE outbox SET published_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE event_id = ? AND topic = ? AND published_at IS NULL")
-            .bind(event_id.as_bytes().to_vec())
-            .bind(topic.as_str())
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+        match &self.group {
+            Some(group) => group.mark_published(event_id, topic.clone()).await,
+            None => mark_published_on(&self.writer, event_id, topic).await,
+        }
     }
 
     async fn prune(&self, horizon: DateTime<Utc>) -> Result<PruneReport, EventStoreError> {
