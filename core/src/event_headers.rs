@@ -41,6 +41,18 @@ pub const CAUSATION_ID: &str = "cr-causation-id";
 /// Prefix of free-form headers.
 pub const HEADER_PREFIX: &str = "cr-header-";
 
+/// Free-form header (a key of [`EventMetadata::headers`]) naming the session or tenant an event
+/// belongs to. Session-scoped feeds (Zenoh `sessions/{id}/...` keys, the web crate's session feeds)
+/// deliver an event only to that session.
+pub const SESSION: &str = "session-id";
+
+/// Free-form header carrying the W3C trace context (`traceparent`) of the operation that produced
+/// an event, so a consumer's span can continue the producer's trace across processes.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Free-form header carrying the W3C `tracestate` that goes with [`TRACEPARENT`].
+pub const TRACESTATE: &str = "tracestate";
+
 /// Nanoseconds since the epoch (microsecond precision past the year 2262).
 pub fn timestamp_ns(t: &DateTime<Utc>) -> i64 {
     t.timestamp_nanos_opt().unwrap_or_else(|| t.timestamp_micros().saturating_mul(1000))

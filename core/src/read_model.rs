@@ -23,7 +23,7 @@ use crate::stream::GlobalPosition;
 /// before the first `-`: `order` matches `order-17`) and event types. An empty list matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
-    /// Stream categories.
+    /// Stream categories (none: every category).
     pub categories: Vec<String>,
     /// Event types (`OrderPlaced.v1`).
     pub event_types: Vec<String>,
@@ -47,6 +47,12 @@ impl EventFilter {
     pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
         self.event_types.push(event_type.into());
         self
+    }
+
+    /// Whether every event matches (no category and no event type named).
+    #[must_use]
+    pub fn is_all(&self) -> bool {
+        self.categories.is_empty() && self.event_types.is_empty()
     }
 
     /// Whether `event` passes the filter.

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, AckKind, stream};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use async_trait::async_trait;
 use composable_rust_core::dead_letter::{DeadLetter, DeadLetterSink};
 use composable_rust_core::event_bus::BusCause;
@@ -23,6 +23,13 @@ use crate::config::{NatsConfig, NatsError, Storage};
 use crate::naming::{consumer_name, filter_subject, subject, topic_of};
 
 /// Header names this bus sets on every message (besides `Nats-Msg-Id`).
+///
+/// Besides these, each free-form header of the event's metadata (`EventMetadata::headers`, e.g. the
+/// W3C `traceparent` the runtime injects) is sent as `cr-header-{name}`, as the Kafka and Zenoh
+/// buses do. The payload (the event envelope) carries the same metadata; on consume, a
+/// `cr-header-{name}` header the envelope lacks (one added by a relay or a foreign producer) is
+/// added to the delivered event's headers. A name or value NATS cannot carry (a control
+/// character, `:` in a name, a line break in a value) is left to the envelope alone.
 pub mod headers {
     /// The event type, e.g. `OrderPlaced.v1`.
     pub const EVENT_TYPE: &str = "cr-event-type";
@@ -32,6 +39,52 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "cr-correlation-id";
     /// The causation id, if any.
     pub const CAUSATION_ID: &str = "cr-causation-id";
+    /// Prefix of each free-form header.
+    pub const HEADER_PREFIX: &str = composable_rust_core::event_headers::HEADER_PREFIX;
+}
+
+/// Adds `name: value` to `map` if NATS can carry both (async-nats panics on what it cannot).
+fn insert_header(map: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) = (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
+        map.insert(name, value);
+    } else {
+        tracing::debug!(header = name, "header not representable in NATS; carried in the envelope only");
+    }
+}
+
+/// The NATS headers of `event`: `Nats-Msg-Id`, the `cr-*` metadata, `cr-header-{name}` per free-form
+/// header.
+fn nats_headers(event: &SerializedEvent) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let id = event.event_id.to_string();
+    insert_header(&mut map, "Nats-Msg-Id", &id);
+    insert_header(&mut map, headers::EVENT_ID, &id);
+    insert_header(&mut map, headers::EVENT_TYPE, &event.event_type);
+    if let Some(c) = &event.metadata.correlation_id {
+        insert_header(&mut map, headers::CORRELATION_ID, c);
+    }
+    if let Some(c) = &event.metadata.causation_id {
+        insert_header(&mut map, headers::CAUSATION_ID, c);
+    }
+    for (name, value) in &event.metadata.headers {
+        insert_header(&mut map, &format!("{}{name}", headers::HEADER_PREFIX), value);
+    }
+    map
+}
+
+/// Adds to `event` the free-form headers the message carries as `cr-header-{name}` and its envelope
+/// lacks: the envelope wins where both have one.
+fn merge_message_headers(event: &mut SerializedEvent, message: Option<&HeaderMap>) {
+    let Some(map) = message else { return };
+    for (name, values) in map.iter() {
+        let Some(header) = AsRef::<str>::as_ref(name).strip_prefix(headers::HEADER_PREFIX) else { continue };
+        if header.is_empty() || event.metadata.headers.contains_key(header) {
+            continue;
+        }
+        if let Some(value) = values.first() {
+            event.metadata.headers.insert(header.to_owned(), value.as_str().to_owned());
+        }
+    }
 }
 
 /// The NATS JetStream event bus. Clones share the connection.
@@ -158,7 +211,8 @@ impl NatsEventBus {
         let topic = topic_of(self.config.subject_prefix(), &subject).and_then(|t| Topic::new(t).ok());
         let decoded = SerializedEvent::decode(&message.payload);
         match (topic, decoded) {
-            (Some(topic), Ok(event)) => {
+            (Some(topic), Ok(mut event)) => {
+                merge_message_headers(&mut event, message.headers.as_ref());
                 let attempt = u32::try_from(deliveries).unwrap_or(u32::MAX);
                 let bus_message = Arc::new(BusMessage { topic, event });
                 let ack = NatsAck {
@@ -232,17 +286,7 @@ impl EventBus for NatsEventBus {
         let span = tracing::debug_span!("publish", bus = "nats", subject = %subject, event_type = %event.event_type);
         async {
             let payload = event.encode().map_err(|e| EventBusError::publish_failed(topic.as_str(), e, false))?;
-            let mut headers = HeaderMap::new();
-            let id = event.event_id.to_string();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            headers.insert(headers::EVENT_ID, id.as_str());
-            headers.insert(headers::EVENT_TYPE, event.event_type.as_str());
-            if let Some(c) = &event.metadata.correlation_id {
-                headers.insert(headers::CORRELATION_ID, c.as_str());
-            }
-            if let Some(c) = &event.metadata.causation_id {
-                headers.insert(headers::CAUSATION_ID, c.as_str());
-            }
+            let headers = nats_headers(event);
             let failed = |e: PublishError| {
                 let retryable = !matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::StreamNotFound);
                 EventBusError::publish_failed(topic.as_str(), e, retryable)

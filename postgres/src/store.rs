@@ -1,6 +1,7 @@
 //! The PostgreSQL implementation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +28,10 @@ pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
 pub struct PostgresEventStore {
     pool: PgPool,
     group_commit: Option<Arc<GroupCommit>>,
+    /// The highest read horizon this store has seen. Every position at or below a horizon stays
+    /// committed-or-never for good, so a read starting below it needs no fresh horizon (and no
+    /// exclusive advisory lock): a catch-up of many pages takes one instead of one per page.
+    known_horizon: Arc<AtomicI64>,
 }
 
 /// How many rows one `DELETE` of [`EventStore::prune`] removes at most: each batch is a short
@@ -261,7 +266,7 @@ impl PostgresEventStore {
             .map_err(|e| PostgresError::Unreachable { host, port, reason: e.to_string() })?;
         let group_commit = (config.max_appends_per_statement() > 1)
             .then(|| Arc::new(GroupCommit::start(pool.clone(), config.max_appends_per_statement(), config.group_statements_in_flight())));
-        Ok(Self { pool, group_commit })
+        Ok(Self { pool, group_commit, known_horizon: Arc::new(AtomicI64::new(0)) })
     }
 
     /// Creates or upgrades the schema (embedded migrations; safe to call on every start).
@@ -446,7 +451,29 @@ impl PostgresEventStore {
         let horizon: i64 =
             sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM composable_rust.events").fetch_one(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
+        self.known_horizon.fetch_max(horizon, Ordering::Relaxed);
         Ok(horizon)
+    }
+
+    /// A read horizon above `after` if one is known, else a fresh one. Reads that start below the
+    /// last horizon seen (a catch-up) reuse it; a reader at the horizon (tailing) asks again.
+    async fn horizon_above(&self, after: i64) -> Result<i64, EventStoreError> {
+        let known = self.known_horizon.load(Ordering::Relaxed);
+        if known > after { Ok(known) } else { self.read_horizon().await }
+    }
+
+    /// Up to `limit` events after `after`, at or below `horizon`, in position order.
+    async fn page_below(&self, after: GlobalPosition, horizon: i64, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM composable_rust.events WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position LIMIT $3"
+        ))
+        .bind(to_i64(after.0))
+        .bind(horizon)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(event_from_row).collect()
     }
 }
 
@@ -496,17 +523,8 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn read_all(&self, after: GlobalPosition, limit: usize) -> Result<Vec<RecordedEvent>, EventStoreError> {
-        let horizon = self.read_horizon().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM composable_rust.events WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position LIMIT $3"
-        ))
-        .bind(to_i64(after.0))
-        .bind(horizon)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        rows.iter().map(event_from_row).collect()
+        let horizon = self.horizon_above(to_i64(after.0)).await?;
+        self.page_below(after, horizon, limit).await
     }
 
     async fn head(&self) -> Result<GlobalPosition, EventStoreError> {
@@ -517,9 +535,19 @@ impl EventStore for PostgresEventStore {
     async fn read_all_filtered(&self, after: GlobalPosition, limit: usize, filter: &EventFilter) -> Result<FilteredPage, EventStoreError> {
         // The horizon first: every position up to it is committed (or never will be), so the
         // select after it cannot miss a matching event at or below `scanned_to`.
-        let horizon = self.read_horizon().await?;
+        let horizon = self.horizon_above(to_i64(after.0)).await?;
         if limit == 0 || horizon <= to_i64(after.0) {
             return Ok(FilteredPage { events: Vec::new(), scanned_to: after });
+        }
+        if filter.is_all() {
+            // Every event matches: the plain page, scanned to its last event when full (the
+            // next event may lie beyond the horizon), else to the horizon.
+            let events = self.page_below(after, horizon, limit).await?;
+            let scanned_to = match events.last() {
+                Some(last) if events.len() == limit => last.position,
+                _ => GlobalPosition(to_u64(horizon)),
+            };
+            return Ok(FilteredPage { events, scanned_to });
         }
         // `scan_end` is the `limit`-th event after `after`, or the horizon when fewer follow; the
         // rows are the events up to it that `filter` matches. A LEFT JOIN keeps one row (of NULL

@@ -22,6 +22,7 @@ use composable_rust_core::{
 use tracing::Instrument;
 
 use crate::executor::{ConflictPolicy, EffectFailure, ExecutionScope, Executor, Feedback};
+use crate::metrics::CommandMetrics;
 
 /// Handles commands for aggregate `A`. Register it with the [`crate::CommandRouter`] of the
 /// runtimes that dispatch to it ([`AggregateHandler::register`]).
@@ -31,6 +32,7 @@ pub struct AggregateHandler<A: Aggregate> {
     store: Arc<dyn EventStore>,
     executor: Executor,
     max_attempts: u32,
+    metrics: CommandMetrics,
 }
 
 /// An instance as loaded from its stream.
@@ -66,7 +68,7 @@ impl<A: Aggregate> AggregateHandler<A> {
     /// If `executor` has no event store: an aggregate cannot live without one.
     pub fn new(aggregate: A, env: A::Environment, executor: Executor) -> Self {
         let store = Arc::clone(executor.store().expect("an AggregateHandler needs an executor with an event store: Executor::builder().store(..)"));
-        Self { aggregate, env, store, executor, max_attempts: 16 }
+        Self { aggregate, env, store, executor, max_attempts: 16, metrics: CommandMetrics::new(A::AGGREGATE_TYPE) }
     }
 
     /// How many times a command is decided again after concurrency conflicts (default 16).
@@ -126,7 +128,9 @@ impl<A: Aggregate> AggregateHandler<A> {
         };
         let id = Self::checked_id(&command).map_err(AggregateError::Failed)?;
         let span = tracing::info_span!("command", aggregate = A::AGGREGATE_TYPE, id = %id, command_id = %envelope.command_id);
-        self.handle_command(&envelope, &command, &id).instrument(span).await
+        let outcome = self.handle_command(&envelope, &command, &id).instrument(span).await;
+        self.metrics.count(&outcome, |e| matches!(e, AggregateError::Rejected(_)));
+        outcome
     }
 
     fn checked_id(command: &A::Command) -> Result<String, DispatchError> {
@@ -245,7 +249,9 @@ impl<A: Aggregate> CommandHandler for AggregateHandler<A> {
         })?;
         let id = Self::checked_id(command)?;
         let span = tracing::info_span!("command", aggregate = A::AGGREGATE_TYPE, id = %id, command_id = %envelope.command_id);
-        self.handle_command(envelope, command, &id).instrument(span).await.map_err(|e| match e {
+        let outcome = self.handle_command(envelope, command, &id).instrument(span).await;
+        self.metrics.count(&outcome, |e| matches!(e, AggregateError::Rejected(_)));
+        outcome.map_err(|e| match e {
             AggregateError::Rejected(error) => DispatchError::Rejected { target: Self::target(), error: Rejection(Arc::new(error)) },
             AggregateError::Failed(e) => e,
         })

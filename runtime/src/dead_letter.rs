@@ -11,5 +11,6 @@ pub use composable_rust_core::dead_letter::{DeadLetter, DeadLetterSink, InMemory
 
 pub(crate) fn dead_letter(sink: &dyn DeadLetterSink, what: String, error: String, attempts: u32, event: Option<SerializedEvent>) {
     tracing::error!(what = %what, error = %error, attempts, "dead letter");
+    crate::metrics::dead_letter();
     sink.record(DeadLetter { at: Utc::now(), what, error, attempts, event });
 }

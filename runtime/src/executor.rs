@@ -27,6 +27,9 @@
 //! - **Failures.** Retryable errors are retried with the [`RetryPolicy`]'s backoff on the executor's
 //!   clock; a concurrency conflict is never retried here (the command must be decided again).
 //!   Failures other than conflicts, and panics in effects or callbacks, are dead-lettered.
+//! - **Observability.** Every effect run, failed or skipped is counted, and every store and bus call
+//!   timed ([`crate::metrics`]); the events an `Append` or `Publish` writes carry the trace context
+//!   of the effect's span unless they carry one already ([`crate::trace_context`], `otel` feature).
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -46,6 +49,7 @@ use uuid::Uuid;
 use crate::cancellation::CancellationRegistry;
 use crate::clock::SystemClock;
 use crate::dead_letter::{DeadLetterSink, InMemoryDeadLetters, dead_letter};
+use crate::metrics::Call;
 use crate::retry::RetryPolicy;
 use crate::router::CommandRouter;
 use crate::tracker::Tracker;
@@ -738,6 +742,7 @@ impl Executor {
                 if let Err(failure) = result {
                     for (_, skipped) in effects {
                         tracing::debug!(kind = skipped.kind(), error = %failure, "effect skipped: an earlier effect of its sequence failed");
+                        crate::metrics::effect_skipped(skipped.kind());
                         self.observe(|| EffectRecord::Skipped { kind: skipped.kind() });
                     }
                     return Err(failure);
@@ -805,6 +810,7 @@ impl Executor {
         state: &'a RunState,
     ) -> BoxFuture<'a, Result<(), EffectFailure>> {
         async move {
+            crate::metrics::effect_started(effect.kind());
             match effect {
                 // Deadlines are taken out by `start_timers`, unless the caller recorded them: nothing
                 // to do here either way.
@@ -824,6 +830,7 @@ impl Executor {
                         }
                     };
                     AssertUnwindSafe(feed_all).catch_unwind().await.map_err(|panic| {
+                        crate::metrics::effect_failed("stream");
                         let failure = EffectFailure::Panicked { what: format!("stream effect at {path}"), message: panic_message(&*panic) };
                         dead_letter(&*self.shared.dead_letters, format!("stream effect at {path}"), failure.to_string(), 1, None);
                         failure
@@ -837,6 +844,7 @@ impl Executor {
                         Ok(())
                     }
                     Err(panic) => {
+                        crate::metrics::effect_failed("run");
                         let failure = EffectFailure::Panicked { what: format!("run effect at {path}"), message: panic_message(&*panic) };
                         dead_letter(&*self.shared.dead_letters, format!("run effect at {path}"), failure.to_string(), 1, None);
                         Err(failure)
@@ -890,6 +898,7 @@ impl Executor {
         if event.metadata.correlation_id.is_none() {
             event.metadata.correlation_id.clone_from(&scope.correlation_id);
         }
+        crate::trace_context::inject_current(&mut event.metadata);
     }
 
     async fn append<A: Send + 'static>(
@@ -914,7 +923,7 @@ impl Executor {
             events.iter().flat_map(|e| publish_to.iter().map(|t| OutboxIntent { topic: t.clone(), event_id: e.event_id })).collect();
         let request = AppendRequest { stream_id, expected_version, events, outbox, inbox: None, deadlines: Vec::new() };
         let what = || format!("append to {}", request.stream_id);
-        let (outcome, attempts) = self.with_retry(&what, || store.append(request.clone())).await;
+        let (outcome, attempts) = self.with_retry(&what, || crate::metrics::timed(Call::Append, store.append(request.clone()))).await;
         self.observe(|| EffectRecord::Append {
             stream_id: request.stream_id.clone(),
             expected_version: request.expected_version,
@@ -924,6 +933,9 @@ impl Executor {
         });
         match outcome {
             Ok(result) => {
+                if !result.duplicate {
+                    crate::metrics::events_appended(request.events.len());
+                }
                 let last = result.first_position.0 + request.events.len() as u64 - 1;
                 state.last_position.fetch_max(last, Ordering::Relaxed);
                 if !publish_to.is_empty() {
@@ -938,9 +950,13 @@ impl Executor {
                     return Err(error.into());
                 }
                 if conflict {
+                    crate::metrics::append_conflict();
                     tracing::info!(error = %error, "append conflicted");
-                } else if scope.is_final(error.is_retryable()) {
-                    dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, request.events.first().cloned());
+                } else {
+                    crate::metrics::effect_failed("append");
+                    if scope.is_final(error.is_retryable()) {
+                        dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, request.events.first().cloned());
+                    }
                 }
                 self.feed("append", on_error, error.clone(), path, feedback);
                 Err(error.into())
@@ -961,7 +977,7 @@ impl Executor {
             event.stream_version = Some(Version(result.first_version.0 + k as u64));
             for topic in topics {
                 let what = || format!("publish of stored {} {} to {topic}", event.event_type, event.event_id);
-                let (outcome, _) = self.with_retry(&what, || bus.publish(topic.as_str(), &event)).await;
+                let (outcome, _) = self.with_retry(&what, || crate::metrics::timed(Call::Publish, bus.publish(topic.as_str(), &event))).await;
                 self.observe(|| EffectRecord::Publish {
                     topic: topic.to_string(),
                     event_type: event.event_type.clone(),
@@ -971,6 +987,7 @@ impl Executor {
                 });
                 match outcome {
                     Ok(()) => {
+                        crate::metrics::event_published();
                         if let Err(e) = store.mark_published(event.event_id, topic).await {
                             // Not fatal: the relay publishes it again (at least once; consumers de-duplicate).
                             tracing::warn!(error = %e, event_id = %event.event_id, "could not mark outbox entry published");
@@ -998,7 +1015,7 @@ impl Executor {
         }
         Self::stamp(scope, &mut event);
         let what = || format!("publish {} {} to {topic}", event.event_type, event.event_id);
-        let (outcome, attempts) = self.with_retry(&what, || bus.publish(topic.as_str(), &event)).await;
+        let (outcome, attempts) = self.with_retry(&what, || crate::metrics::timed(Call::Publish, bus.publish(topic.as_str(), &event))).await;
         self.observe(|| EffectRecord::Publish {
             topic: topic.to_string(),
             event_type: event.event_type.clone(),
@@ -1007,8 +1024,12 @@ impl Executor {
             outcome: outcome.clone(),
         });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::metrics::event_published();
+                Ok(())
+            }
             Err(error) => {
+                crate::metrics::effect_failed("publish");
                 if scope.is_final(error.is_retryable()) {
                     dead_letter(&*self.shared.dead_letters, what(), error.to_string(), attempts, Some(event));
                 }
@@ -1043,6 +1064,7 @@ impl Executor {
             }
         };
         let (outcome, attempts) = self.with_retry(&what, handle).await;
+        crate::metrics::command_dispatched(&outcome);
         self.observe(|| EffectRecord::Dispatch {
             target: target.clone(),
             command: format!("{:?}", envelope.command),
@@ -1054,8 +1076,11 @@ impl Executor {
             Err(e) => {
                 if matches!(e, DispatchError::Rejected { .. }) {
                     tracing::info!(error = %e, "command rejected");
-                } else if scope.is_final(e.is_retryable()) {
-                    dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
+                } else {
+                    crate::metrics::effect_failed("dispatch");
+                    if scope.is_final(e.is_retryable()) {
+                        dead_letter(&*self.shared.dead_letters, what(), e.to_string(), attempts, None);
+                    }
                 }
                 self.feed("dispatch", on_error, e.clone(), path, feedback);
                 Err(e.into())

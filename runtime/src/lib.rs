@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod dual_bus;
 pub mod executor;
 pub mod lanes;
+pub mod metrics;
 pub mod outbox;
 pub mod projection;
 pub mod retry;
@@ -22,6 +23,7 @@ pub mod router;
 pub mod saga_runner;
 pub mod store;
 pub mod subscription;
+pub mod trace_context;
 pub mod tracker;
 
 pub use aggregate_handler::{AggregateError, AggregateHandler};

@@ -153,8 +153,9 @@ impl OutboxRelay {
                 if deferred.remove(&key) {
                     report.deferred -= 1;
                 }
-                match self.bus.publish(p.topic.as_str(), &p.event).await {
+                match crate::metrics::timed(crate::metrics::Call::Publish, self.bus.publish(p.topic.as_str(), &p.event)).await {
                     Ok(()) => {
+                        crate::metrics::event_published();
                         self.store.mark_published(p.event.event_id, &p.topic).await?;
                         self.entries.remove(&key);
                         report.published += 1;
@@ -192,6 +193,7 @@ impl OutboxRelay {
                 limit = limit.saturating_add(self.config.batch);
             }
         }
+        crate::metrics::outbox_pass(report.published, report.failed + report.deferred);
         Ok(report)
     }
 }

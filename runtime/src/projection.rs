@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use composable_rust_core::{
-    Checkpoint, Clock, DocChange, EventFilter, EventStore, EventStoreError, GlobalPosition, ReadModelError, ReadModelStore, RecordedEvent,
+    Checkpoint, Clock, DocChange, EventFilter, EventStore, EventStoreError, FilteredPage, GlobalPosition, ReadModelError, ReadModelStore, RecordedEvent,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -198,7 +198,8 @@ pub struct ProjectionStatus {
     pub head: GlobalPosition,
     /// Events between them (an upper bound: filtered events and holes in positions count).
     pub lag_events: u64,
-    /// How much older the event at the checkpoint is than the head event (zero when caught up).
+    /// How long the first event after the checkpoint has waited: now minus its timestamp (zero
+    /// when caught up).
     pub lag: Duration,
 }
 
@@ -251,18 +252,8 @@ impl<D> ProjectionReader<D> {
         let checkpoint = self.models.checkpoint(&self.name).await?;
         let head = self.events.head().await?;
         let lag_events = head.0.saturating_sub(checkpoint.position.0);
-        let lag = if lag_events == 0 {
-            Duration::ZERO
-        } else {
-            let at = |p: GlobalPosition| {
-                let events = Arc::clone(&self.events);
-                async move { events.read_all(GlobalPosition(p.0.saturating_sub(1)), 1).await.map(|v| v.first().map(|e| e.event.metadata.timestamp)) }
-            };
-            match (at(checkpoint.position.max(GlobalPosition(1))).await?, at(head).await?) {
-                (Some(from), Some(to)) => (to - from).to_std().unwrap_or(Duration::ZERO),
-                _ => Duration::ZERO,
-            }
-        };
+        let lag = crate::subscription::time_lag(&*self.events, checkpoint.position, head).await?;
+        crate::metrics::LagGauges::projection(&self.name).set(lag_events, lag);
         Ok(ProjectionStatus { checkpoint, head, lag_events, lag })
     }
 }
@@ -415,10 +406,20 @@ impl<P: Projection> ProjectionRunner<P> {
         let (stop, mut stopped) = watch::channel(false);
         let inner = Arc::clone(&self.inner);
         let span = tracing::info_span!("projection", name = %inner.name);
+        // Refreshes the lag gauges (`crate::metrics::PROJECTION_LAG_*`) at most once a second.
+        let lag_reader: ProjectionReader = self.reader();
         let task = tokio::spawn(
             async move {
                 let mut backoff = inner.poll;
+                let mut lag_reported: Option<chrono::DateTime<chrono::Utc>> = None;
                 loop {
+                    let now = inner.clock.now();
+                    if lag_reported.is_none_or(|at| now - at >= chrono::TimeDelta::seconds(1)) {
+                        lag_reported = Some(now);
+                        if let Err(e) = lag_reader.status().await {
+                            tracing::debug!(error = %e, "could not compute the projection's lag");
+                        }
+                    }
                     let idle = match inner.step().await {
                         Ok(moved) => {
                             backoff = inner.poll;
@@ -459,11 +460,22 @@ impl<P: Projection> RunnerInner<P> {
         if page.scanned_to <= from {
             return Ok(BatchReport { applied: 0, checkpoint: from, moved: false });
         }
+        let changes = self.apply(&page).await?;
+        self.commit(from, &page, changes).await
+    }
+
+    /// The read-model changes of applying `page`'s events in order.
+    async fn apply(&self, page: &FilteredPage) -> Result<Vec<DocChange>, ProjectionError> {
         let mut view = View::new(&*self.models, &self.name);
         for event in &page.events {
             self.projection.apply(event, &mut view).await?;
         }
-        match self.models.commit(&self.name, from, page.scanned_to, view.changes).await {
+        Ok(view.changes)
+    }
+
+    /// Commits `changes` with the checkpoint moving from `from` to the end of `page`.
+    async fn commit(&self, from: GlobalPosition, page: &FilteredPage, changes: Vec<DocChange>) -> Result<BatchReport, ProjectionError> {
+        match self.models.commit(&self.name, from, page.scanned_to, changes).await {
             Ok(()) => {
                 self.progress.send_replace(page.scanned_to);
                 Ok(BatchReport { applied: page.events.len(), checkpoint: page.scanned_to, moved: true })
@@ -478,18 +490,27 @@ impl<P: Projection> RunnerInner<P> {
     }
 
     async fn catch_up(&self, progress: impl Fn(GlobalPosition)) -> Result<(GlobalPosition, u64), ProjectionError> {
+        let filter = self.projection.filter();
         let mut applied = 0;
         let mut from = self.models.checkpoint(&self.name).await?.position;
-        loop {
-            // The checkpoint this batch committed is where the next starts: no read in between.
-            let r = self.run_batch_from(from).await?;
-            from = r.checkpoint;
-            applied += r.applied as u64;
-            progress(r.checkpoint);
-            if !r.moved {
-                return Ok((r.checkpoint, applied));
-            }
+        let mut page = self.events.read_all_filtered(from, self.batch, &filter).await?;
+        while page.scanned_to > from {
+            let changes = self.apply(&page).await?;
+            // The next page is read while this one commits (the commit is a write transaction,
+            // the read needs none of it): the replay runs at the speed of the slower of the two.
+            let (report, next) = tokio::join!(self.commit(from, &page, changes), self.events.read_all_filtered(page.scanned_to, self.batch, &filter));
+            let report = report?;
+            applied += report.applied as u64;
+            progress(report.checkpoint);
+            page = if report.checkpoint == page.scanned_to {
+                next?
+            } else {
+                // Dropped: someone else's commit stands; the page read ahead starts elsewhere.
+                self.events.read_all_filtered(report.checkpoint, self.batch, &filter).await?
+            };
+            from = report.checkpoint;
         }
+        Ok((from, applied))
     }
 
     /// One iteration of a spawned worker: a batch if this worker holds the lease. Whether it moved.

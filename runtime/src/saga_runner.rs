@@ -58,6 +58,7 @@ use uuid::Uuid;
 
 use crate::dead_letter::dead_letter;
 use crate::executor::{EffectFailure, ExecutionScope, Executor, Feedback, panic_message};
+use crate::metrics::{Call, SagaCount, SagaMetrics};
 use crate::subscription::StoreSubscription;
 use crate::tracker::Tracker;
 
@@ -253,6 +254,8 @@ struct Inner<S: Saga> {
     deadline_poll: Duration,
     deadline_lease: Duration,
     stats: Arc<SagaStats>,
+    /// The same counts as `stats`, for the metrics recorder.
+    metrics: SagaMetrics,
     detached: Tracker,
     /// Deadlines claimed by this worker and not handled yet: claimed again (their lease ran out
     /// while they waited in a busy lane) they are not queued a second time.
@@ -303,6 +306,7 @@ impl<S: Saga> SagaRunner<S> {
                 deadline_poll: Duration::from_millis(100),
                 deadline_lease: Duration::from_secs(30),
                 stats: Arc::default(),
+                metrics: SagaMetrics::new(S::NAME),
                 detached: Tracker::new(),
                 deadlines_in_hand: Mutex::default(),
             }),
@@ -448,7 +452,8 @@ impl<S: Saga> SagaRunner<S> {
         let models = Arc::clone(&inner.store)
             .read_model_store()
             .ok_or(SagaError::NotConfigured { saga: S::NAME, missing: "a store that keeps read models (for the checkpoint)" })?;
-        let feed = StoreSubscription::new(Arc::clone(&inner.store), filter).poll(Duration::from_millis(10), Arc::clone(inner.executor.clock()));
+        let feed =
+            StoreSubscription::new(Arc::clone(&inner.store), filter).poll(Duration::from_millis(10), Arc::clone(inner.executor.clock())).named(&inner.group);
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::clone(&inner.stats);
         let task = tokio::spawn(Inner::run_store_loop(inner, feed, models, stop_rx).instrument(tracing::info_span!("saga", name = S::NAME, fed_by = "store")));
@@ -512,9 +517,10 @@ impl<S: Saga> Inner<S> {
                     // The inbox mark makes "this saga handled this event" part of the same atomic append.
                     request = request.with_inbox(format!("saga.{}", S::NAME), event_id);
                 }
-                match self.store.append(request).await {
+                match crate::metrics::timed(Call::Append, self.store.append(request)).await {
                     Ok(r) if r.duplicate => tracing::debug!(attempt, "another worker recorded this step concurrently; reloading"),
                     Ok(_) => {
+                        crate::metrics::events_appended(1);
                         Arc::clone(&self).execute(effects, &step, true, Vec::new()).await?;
                         return Ok(StepOutcome::Applied);
                     }
@@ -606,13 +612,16 @@ impl<S: Saga> Inner<S> {
                 let Some(runner) = runner.upgrade() else { return };
                 let follow_up = step.follow_up(SagaRunner::<S>::follow_up_id(step.id, &path));
                 let guard = runner.detached.enter();
-                tokio::spawn(async move {
-                    let what = format!("saga {} follow-up {} of {}", S::NAME, follow_up.id, follow_up.stream);
-                    if let Err(e) = Arc::clone(&runner).handle_step(follow_up, action).await {
-                        dead_letter(&**runner.executor.dead_letters(), what, e.to_string(), 1, None);
+                tokio::spawn(
+                    async move {
+                        let what = format!("saga {} follow-up {} of {}", S::NAME, follow_up.id, follow_up.stream);
+                        if let Err(e) = Arc::clone(&runner).handle_step(follow_up, action).await {
+                            dead_letter(&**runner.executor.dead_letters(), what, e.to_string(), 1, None);
+                        }
+                        drop(guard);
                     }
-                    drop(guard);
-                });
+                    .in_current_span(),
+                );
             })
         };
         let scope = ExecutionScope::caused_by(step.id)
@@ -713,6 +722,7 @@ impl<S: Saga> Inner<S> {
         };
         let give_up = |error: String, attempts: u32| {
             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count(SagaCount::DeadLettered);
             dead_letter(&*letters, what.clone(), error, attempts, Some(as_event.clone()));
         };
         if claimed.claims > self.max_deliveries {
@@ -750,6 +760,7 @@ impl<S: Saga> Inner<S> {
                 }
             };
             let span = tracing::info_span!("saga_deadline", deadline = %d.name, instance = %d.owner.instance, fired_before = claimed.fired, attempt);
+            crate::trace_context::parent_step(&span, None);
             let outcome = match AssertUnwindSafe(Arc::clone(self).handle_step(step.clone(), action).instrument(span)).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(SagaError::Panicked { saga: S::NAME, message: panic_message(&*panic) }),
@@ -761,6 +772,7 @@ impl<S: Saga> Inner<S> {
                 Ok(outcome) => {
                     if outcome == StepOutcome::Applied {
                         self.stats.deadlines_fired.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count(SagaCount::DeadlineFired);
                     }
                     self.complete(d.id).await;
                     return;
@@ -865,6 +877,7 @@ impl<S: Saga> Inner<S> {
                 }
                 Err(EventBusError::Lagged { group, missed }) => {
                     self.stats.lagged_events.fetch_add(missed, Ordering::Relaxed);
+                    self.metrics.count(SagaCount::Lagged(missed));
                     dead_letter(
                         &**self.executor.dead_letters(),
                         format!("saga {} (group {group}) missed events", S::NAME),
@@ -876,6 +889,7 @@ impl<S: Saga> Inner<S> {
                 Err(EventBusError::Closed) => break,
                 Err(e) => {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count(SagaCount::DeadLettered);
                     dead_letter(&**self.executor.dead_letters(), format!("saga {} delivery", S::NAME), e.to_string(), 1, None);
                 }
             }
@@ -902,6 +916,8 @@ impl<S: Saga> Inner<S> {
         let mut attempt = first_attempt;
         let outcome = loop {
             let span = tracing::info_span!("saga_step", event_type = %event.event_type, event_id = %event.event_id, attempt);
+            // The step continues the trace of the command that caused the event.
+            crate::trace_context::parent_step(&span, Some(&event.metadata));
             let outcome = match AssertUnwindSafe(self.handle_event(event).instrument(span)).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(SagaError::Panicked { saga: S::NAME, message: panic_message(&*panic) }),
@@ -910,6 +926,7 @@ impl<S: Saga> Inner<S> {
                 Err(e) if e.is_retryable() && attempt < self.max_deliveries => {
                     tracing::warn!(error = %e, attempt, "saga step failed, retrying in its lane");
                     self.stats.redelivery_requests.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count(SagaCount::Retry);
                     self.executor.clock().sleep(self.executor.retry_policy().backoff_after(attempt)).await;
                     attempt += 1;
                 }
@@ -918,15 +935,17 @@ impl<S: Saga> Inner<S> {
         };
         match outcome {
             Ok(o) => {
-                let counter = match o {
-                    StepOutcome::Applied => &self.stats.applied,
-                    StepOutcome::Duplicate => &self.stats.duplicates,
-                    StepOutcome::Skipped => &self.stats.skipped,
+                let (counter, count) = match o {
+                    StepOutcome::Applied => (&self.stats.applied, SagaCount::Applied),
+                    StepOutcome::Duplicate => (&self.stats.duplicates, SagaCount::Duplicate),
+                    StepOutcome::Skipped => (&self.stats.skipped, SagaCount::Skipped),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(count);
             }
             Err(e) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(SagaCount::DeadLettered);
                 dead_letter(
                     &**self.executor.dead_letters(),
                     format!("saga {} step for {} {}", S::NAME, event.event_type, event.event_id),
@@ -988,7 +1007,7 @@ impl<S: Saga> Inner<S> {
                 Err(ReadModelError::CheckpointMoved { actual, .. }) => {
                     tracing::info!(?actual, "another worker moved the saga's checkpoint; continuing from it");
                     at = actual;
-                    feed = StoreSubscription::new(Arc::clone(&self.store), feed_filter(&feed)).after(actual);
+                    feed = StoreSubscription::new(Arc::clone(&self.store), feed_filter(&feed)).after(actual).named(&self.group);
                 }
                 Err(e) => tracing::warn!(error = %e, "saving the saga's checkpoint failed; the batch will be seen again (recognised)"),
             }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use composable_rust_core::{Clock, EventFilter, EventStore, EventStoreError, GlobalPosition, RecordedEvent};
 
 use crate::clock::SystemClock;
+use crate::metrics::LagGauges;
 
 /// A store-fed subscription (see the module docs).
 pub struct StoreSubscription {
@@ -21,13 +22,15 @@ pub struct StoreSubscription {
     batch: usize,
     poll: Duration,
     clock: Arc<dyn Clock>,
+    /// The lag gauges of a named subscription.
+    lag_gauges: Option<LagGauges>,
 }
 
 impl StoreSubscription {
     /// Every event of `store` matching `filter`, from the start of the log; batches of 512; a
     /// caught-up subscription looks again every 20 ms on the system clock.
     pub fn new(store: Arc<dyn EventStore>, filter: EventFilter) -> Self {
-        Self { store, filter, position: GlobalPosition(0), batch: 512, poll: Duration::from_millis(20), clock: Arc::new(SystemClock) }
+        Self { store, filter, position: GlobalPosition(0), batch: 512, poll: Duration::from_millis(20), clock: Arc::new(SystemClock), lag_gauges: None }
     }
 
     /// Starts after `position` (a checkpoint: the last position handled).
@@ -49,6 +52,15 @@ impl StoreSubscription {
     pub fn poll(mut self, every: Duration, clock: Arc<dyn Clock>) -> Self {
         self.poll = every.max(Duration::from_millis(1));
         self.clock = clock;
+        self
+    }
+
+    /// Names the subscription in the lag metrics ([`crate::metrics::SUBSCRIPTION_LAG_EVENTS`] and
+    /// [`crate::metrics::SUBSCRIPTION_LAG_SECONDS`], set by every [`StoreSubscription::status`]
+    /// call). Unnamed subscriptions record none.
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.lag_gauges = Some(LagGauges::subscription(name));
         self
     }
 
@@ -90,8 +102,24 @@ impl StoreSubscription {
     /// Where this subscription stands against the store's head.
     pub async fn status(&self) -> Result<SubscriptionStatus, EventStoreError> {
         let head = self.store.head().await?;
-        Ok(SubscriptionStatus { position: self.position, head, lag_events: head.0.saturating_sub(self.position.0) })
+        let lag = time_lag(&*self.store, self.position, head).await?;
+        let status = SubscriptionStatus { position: self.position, head, lag_events: head.0.saturating_sub(self.position.0), lag };
+        if let Some(gauges) = &self.lag_gauges {
+            gauges.set(status.lag_events, status.lag);
+        }
+        Ok(status)
     }
+}
+
+/// How long the first event after `position` has waited (now minus its timestamp): the lag in
+/// time a subscriber or projection at `position` reports. Zero when caught up (nothing after
+/// `position` up to `head`).
+pub(crate) async fn time_lag(store: &dyn EventStore, position: GlobalPosition, head: GlobalPosition) -> Result<Duration, EventStoreError> {
+    if head <= position {
+        return Ok(Duration::ZERO);
+    }
+    let first_unhandled = store.read_all(position, 1).await?;
+    Ok(first_unhandled.first().map_or(Duration::ZERO, |e| (chrono::Utc::now() - e.event.metadata.timestamp).to_std().unwrap_or(Duration::ZERO)))
 }
 
 /// A subscription's position against the store's head.
@@ -103,4 +131,6 @@ pub struct SubscriptionStatus {
     pub head: GlobalPosition,
     /// Events between them (an upper bound: positions may have holes, filtered events count).
     pub lag_events: u64,
+    /// How long the first event after the position has waited (zero when caught up).
+    pub lag: Duration,
 }

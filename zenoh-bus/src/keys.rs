@@ -32,7 +32,7 @@ pub const SESSIONS_ROOT: &str = "sessions";
 
 /// Metadata header naming the session an event belongs to; such events are also put under
 /// `sessions/{session_id}/events/...`.
-pub const SESSION_HEADER: &str = "session-id";
+pub const SESSION_HEADER: &str = composable_rust_core::event_headers::SESSION;
 
 /// Stream chunk used for an event that has no stream.
 pub const NO_STREAM: &str = "_";

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use composable_rust_core::{
-    AppendRequest, DocChange, EventFilter, EventStore, ExpectedVersion, GlobalPosition, ReadModelError, ReadModelStore, RecordedEvent, SerializedEvent,
-    StreamId,
+    AppendRequest, DocChange, EventFilter, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, ReadModelError, ReadModelStore, RecordedEvent,
+    SerializedEvent, StreamId,
 };
 use composable_rust_runtime::{Projection, ProjectionError, ProjectionRunner, StoreSubscription, View};
 
@@ -34,6 +34,7 @@ where
     filtered_reads_skip_what_does_not_match_and_say_how_far_they_looked(factory().await).await;
     a_subscription_catches_up_then_tails_concurrent_writers_without_loss_or_duplicate(factory().await).await;
     two_runners_of_one_projection_apply_each_event_once(factory().await).await;
+    a_subscription_reports_its_lag_in_events_and_in_time(factory().await).await;
 }
 
 fn put(key: &str, value: &str) -> DocChange {
@@ -231,4 +232,24 @@ pub async fn two_runners_of_one_projection_apply_each_event_once((events, models
     a.catch_up().await.unwrap();
     let count: Option<u64> = a.reader().get("count").await.unwrap();
     assert_eq!(count, Some(90), "every event counted exactly once");
+}
+
+/// A subscription behind the head reports how many events and how much time it lags: how long the
+/// first event it has not handled has waited (from that event's own timestamp).
+pub async fn a_subscription_reports_its_lag_in_events_and_in_time((events, _): Stores) {
+    let stream = StreamId::new(unique("lag")).unwrap();
+    let written_at = Utc::now() - chrono::Duration::seconds(7);
+    let old = SerializedEvent::new("Lag.v1", b"old".to_vec(), Some(EventMetadata { timestamp: written_at, ..EventMetadata::now() }));
+    let first = events.append(AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![old])).await.expect("append").first_position;
+    append(&*events, stream.as_str(), "Lag.v1", 1).await;
+    let behind = StoreSubscription::new(Arc::clone(&events), EventFilter::all()).after(GlobalPosition(first.0 - 1));
+    let status = behind.status().await.unwrap();
+    assert!(status.lag_events >= 2, "two events (at least) after the position: {status:?}");
+    assert!(status.lag >= Duration::from_secs(6), "the first event after the position was written 7 s ago: {status:?}");
+    let mut tail = StoreSubscription::new(Arc::clone(&events), EventFilter::all()).after(status.head);
+    while !tail.try_next_batch().await.unwrap().is_empty() {}
+    let caught_up = tail.status().await.unwrap();
+    if caught_up.head == tail.position() {
+        assert_eq!((caught_up.lag_events, caught_up.lag), (0, Duration::ZERO), "caught up: no lag");
+    }
 }
