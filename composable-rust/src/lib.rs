@@ -45,8 +45,9 @@
 //! | `nats` | `nats://` buses (JetStream) | no |
 //! | `redpanda` | `redpanda://`, `kafka://` buses; compiles librdkafka (C) | no |
 //! | `zenoh` | `zenoh:` buses, embedded or peer | no |
+//! | `otel` | W3C trace context through OpenTelemetry in the runtime (`composable-rust-runtime/otel`) | no |
+//! | `web` | `composable_rust::web`: SSE feeds of the store, `/health/*` and `/metrics` on axum (`composable-rust-web`) | no |
 //! | `all` | all of the above | no |
-//! | `web` | reserved for the HTTP layer, which does not exist yet: not a feature today | |
 //!
 //! The defaults are embedded and pure Rust: a default build compiles no C library and no network
 //! client. A URL whose backend is left out is refused with [`ConnectError::FeatureDisabled`], which
@@ -114,6 +115,15 @@ pub use composable_rust_redpanda as redpanda;
 /// `composable-rust-zenoh`: the Zenoh event bus (feature `zenoh`).
 #[cfg(feature = "zenoh")]
 pub use composable_rust_zenoh as zenoh;
+
+/// SSE feeds, health and metrics endpoints on axum (feature `web`).
+#[cfg(feature = "web")]
+pub use composable_rust_web as web;
+
+/// The examples of `docs/observability.md`, compiled and run as doc tests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/observability.md")]
+pub struct ObservabilityGuide;
 
 #[cfg(test)]
 mod tests {
