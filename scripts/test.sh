@@ -9,7 +9,8 @@
 # broker (`cargo install tansu`, about 10 minutes the first time on 2 cores), are installed if missing
 # and started on free loopback ports in temporary directories, unless NATS_URL / DATABASE_URL /
 # KAFKA_BROKERS point at your own. They are stopped on exit. Zenoh needs no server. The Python
-# clients used by the interop tests (eclipse-zenoh, confluent-kafka, nats-py) come from PyPI.
+# clients used by the interop tests (eclipse-zenoh, confluent-kafka, nats-py) come from PyPI; the
+# dashboard test drives Debian's chromium headless (installed if missing, or set CHROMIUM).
 # Tests never skip a backend under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,16 @@ pip_ensure zenoh open eclipse-zenoh
 pip_ensure confluent_kafka Producer confluent-kafka
 pip_ensure nats connect nats-py
 
+step "a headless browser for the dashboard test (Debian's chromium, installed if missing)"
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
+  echo "installing chromium (Debian package)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+"${CHROMIUM:-chromium}" --version
+
 step "servers (Zenoh needs none: its tests run embedded sessions and peers on loopback)"
 if [ -n "${KAFKA_BROKERS:-}" ]; then
   echo "using KAFKA_BROKERS=$KAFKA_BROKERS"
@@ -105,7 +116,7 @@ step "lints of the optional testcontainers helpers (they need Docker to run, so 
 cargo clippy -p composable-rust-postgres -p composable-rust-redpanda --features testcontainers --all-targets --locked -- -D warnings
 
 step "feature hygiene: the composable-rust facade with no feature, then each feature alone (cargo check)"
-for feature in "" memory testing sqlite postgres nats redpanda zenoh; do
+for feature in "" memory testing sqlite postgres nats redpanda zenoh otel web; do
   echo "composable-rust --no-default-features ${feature:+--features $feature}"
   cargo check --quiet --locked -p composable-rust --no-default-features ${feature:+--features "$feature"}
 done

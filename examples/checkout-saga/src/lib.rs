@@ -2,6 +2,7 @@
 //! the event bus, every state in the event store.
 
 pub mod app;
+pub mod dashboard;
 pub mod domain;
 pub mod projection;
 pub mod saga;

@@ -91,6 +91,16 @@ struct Args {
     /// summary projection); a problem if some are not.
     #[arg(long)]
     await_all_orders: bool,
+    /// Serve the live dashboard on ADDR (e.g. `127.0.0.1:8080`; port 0 picks a free one) while the
+    /// run goes on and after it, until standard input closes: `/` the page, `/events` the SSE feed,
+    /// `/health/live`, `/health/ready`, `/metrics`. Prints `serving http://ADDR` on standard error
+    /// once it listens.
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// Place one order every N milliseconds (instead of as fast as `--concurrency` allows), to
+    /// watch a run live.
+    #[arg(long, value_name = "N")]
+    pace_ms: Option<u64>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -112,51 +122,23 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn,zenoh::net::routing=error" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
-    let saga_feed = match args.saga_feed.parse::<SagaFeed>() {
-        Ok(f) => f,
+    let config = match config_of(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("checkout-saga: {e}");
             return ExitCode::from(2);
         }
     };
-    let (store, mut bus, role) = match (parse_store(&args.store), parse_bus(&args.bus), args.role.parse::<Role>()) {
-        (Ok(s), Ok(b), Ok(r)) => (s, b, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            eprintln!("checkout-saga: {e}");
-            return ExitCode::from(2);
+    let role = config.role;
+    if config.serve.is_some() {
+        // Before anything records a metric: what is recorded earlier is lost.
+        if let Err(e) = composable_rust::web::install_prometheus() {
+            eprintln!("checkout-saga: --serve: {e}");
+            return ExitCode::FAILURE;
         }
-    };
-    match &mut bus {
-        BusUrl::Zenoh { listen, connect, .. } => {
-            listen.extend(args.listen.iter().cloned());
-            connect.extend(args.connect.iter().cloned());
-        }
-        _ if !args.listen.is_empty() || !args.connect.is_empty() => {
-            eprintln!("checkout-saga: --listen and --connect apply to --bus zenoh only");
-            return ExitCode::from(2);
-        }
-        _ => {}
+        // The runtime's descriptions and latency histograms, now that a recorder listens.
+        composable_rust::runtime::metrics::init();
     }
-    let config = Config {
-        orders: args.orders,
-        decline_every: args.decline_every,
-        out_of_stock_every: args.out_of_stock_every,
-        slow_payments_every: args.slow_payments_every,
-        payment_timeout: Duration::from_millis(args.payment_timeout_ms),
-        seed: args.seed,
-        skus: args.skus,
-        concurrency: args.concurrency,
-        workers: args.workers,
-        timeout: Duration::from_secs(args.timeout_secs),
-        store,
-        bus,
-        namespace: args.namespace.clone(),
-        role,
-        faults: Faults { duplicate_deliveries: args.duplicate_deliveries, transient_failures: args.transient_failures, seed: args.seed },
-        saga_feed,
-        crash_after: args.crash_after,
-        await_all_orders: args.await_all_orders,
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -183,7 +165,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    let report = match runtime.block_on(app::run(&config)) {
+    let serving = |d: &checkout_saga::dashboard::Dashboard| {
+        eprintln!("serving http://{}", d.addr());
+    };
+    let (report, dashboard) = match runtime.block_on(app::run_serving(&config, serving)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("checkout-saga: {e}");
@@ -198,6 +183,16 @@ fn main() -> ExitCode {
     } else {
         print_summary(&report, &config);
     }
+    if let Some(dashboard) = dashboard {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // Serves on after the run, until standard input closes.
+        runtime.block_on(async {
+            let stdin_closed = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()));
+            let _ = stdin_closed.await;
+            dashboard.shutdown().await;
+        });
+    }
     if report.ok() {
         ExitCode::SUCCESS
     } else {
@@ -206,6 +201,45 @@ fn main() -> ExitCode {
         }
         ExitCode::FAILURE
     }
+}
+
+/// The run's settings from the command line; a message for what does not parse.
+fn config_of(args: &Args) -> Result<Config, String> {
+    let saga_feed = args.saga_feed.parse::<SagaFeed>().map_err(|e| e.to_string())?;
+    let (store, mut bus, role) = match (parse_store(&args.store), parse_bus(&args.bus), args.role.parse::<Role>()) {
+        (Ok(s), Ok(b), Ok(r)) => (s, b, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(e.to_string()),
+    };
+    match &mut bus {
+        BusUrl::Zenoh { listen, connect, .. } => {
+            listen.extend(args.listen.iter().cloned());
+            connect.extend(args.connect.iter().cloned());
+        }
+        _ if !args.listen.is_empty() || !args.connect.is_empty() => return Err("--listen and --connect apply to --bus zenoh only".into()),
+        _ => {}
+    }
+    Ok(Config {
+        orders: args.orders,
+        decline_every: args.decline_every,
+        out_of_stock_every: args.out_of_stock_every,
+        slow_payments_every: args.slow_payments_every,
+        payment_timeout: Duration::from_millis(args.payment_timeout_ms),
+        seed: args.seed,
+        skus: args.skus,
+        concurrency: args.concurrency,
+        workers: args.workers,
+        timeout: Duration::from_secs(args.timeout_secs),
+        store,
+        bus,
+        namespace: args.namespace.clone(),
+        role,
+        faults: Faults { duplicate_deliveries: args.duplicate_deliveries, transient_failures: args.transient_failures, seed: args.seed },
+        saga_feed,
+        crash_after: args.crash_after,
+        await_all_orders: args.await_all_orders,
+        serve: args.serve.clone(),
+        pace: args.pace_ms.filter(|&ms| ms > 0).map(Duration::from_millis),
+    })
 }
 
 /// A worker process: saga workers until standard input closes (the parent's signal to stop).

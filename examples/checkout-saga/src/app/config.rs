@@ -92,6 +92,10 @@ pub struct Config {
     pub crash_after: Option<usize>,
     /// Also wait until every order in the store (earlier runs' too) is final, by the order summary.
     pub await_all_orders: bool,
+    /// Serve the live dashboard on this address (`--serve 127.0.0.1:8080`; port 0 picks one).
+    pub serve: Option<String>,
+    /// Place one order every this long instead of all at once (`--pace-ms`), to watch a run live.
+    pub pace: Option<Duration>,
 }
 
 /// Where saga workers take their events from.
@@ -174,6 +178,8 @@ impl Default for Config {
             saga_feed: SagaFeed::Auto,
             crash_after: None,
             await_all_orders: false,
+            serve: None,
+            pace: None,
         }
     }
 }

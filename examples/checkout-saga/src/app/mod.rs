@@ -10,4 +10,4 @@ pub mod wiring;
 
 pub use config::{AppError, BusUrl, Config, DISCONTINUED_SKU, Role, SagaFeed, StoreUrl, parse_bus, parse_store};
 pub use faults::Faults;
-pub use scenario::{Expected, PlannedOrder, RebuildOutput, Report, WorkerReport, plan_orders, rebuild_projections, run, run_worker};
+pub use scenario::{Expected, PlannedOrder, RebuildOutput, Report, WorkerReport, plan_orders, rebuild_projections, run, run_serving, run_worker};

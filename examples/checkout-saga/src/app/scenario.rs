@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::config::{AppError, Config, DISCONTINUED_SKU, Role, StoreUrl};
 use super::verify::{Invariants, check_invariants, check_projection, check_stock, head_position, verify_orders};
 use super::wiring::Wiring;
+use crate::dashboard::Dashboard;
 use crate::domain::ORDER_TOPIC;
 use crate::domain::inventory::InventoryCommand;
 use crate::domain::order::{self, OrderCommand, OrderLine};
@@ -189,6 +190,16 @@ impl Report {
 
 /// Runs the scenario.
 pub async fn run(config: &Config) -> Result<Report, AppError> {
+    let (report, dashboard) = run_serving(config, |_| {}).await?;
+    if let Some(dashboard) = dashboard {
+        dashboard.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// Runs the scenario and, with `config.serve`, the live dashboard, which `serving` is told about
+/// once it listens and which is returned still serving (the caller decides when it stops).
+pub async fn run_serving(config: &Config, serving: impl FnOnce(&Dashboard)) -> Result<(Report, Option<Dashboard>), AppError> {
     if config.role == Role::Driver && config.store == StoreUrl::Memory {
         return Err(AppError::Setup("--role driver needs a store shared with the worker processes: --store sqlite:PATH or postgres://...".into()));
     }
@@ -196,6 +207,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let plan = plan_orders(config, &run);
     let head_before = head_position(&*w.store).await.map_err(|e| AppError::Store(e.to_string()))?;
+    let dashboard = start_dashboard(config, &w, serving).await?;
     let started = Instant::now();
 
     // The relay publishes what the outbox still holds: entries a crashed run never published, and
@@ -216,9 +228,11 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
 
     // Outcomes are watched while orders are placed, so each order's latency runs from its place
     // command to its final event on the bus.
-    let deadline = tokio::time::Instant::now() + config.timeout;
+    // A paced run takes the pacing on top of the timeout.
+    let pacing = config.pace.map_or(Duration::ZERO, |p| p.saturating_mul(u32::try_from(plan.len()).unwrap_or(u32::MAX)));
+    let deadline = tokio::time::Instant::now() + config.timeout + pacing;
     let watcher = tokio::spawn(watch_outcomes(outcomes, plan.len(), deadline));
-    let (placed_at, mut problems) = place(&w, &plan, config.concurrency, config.crash_after).await;
+    let (placed_at, mut problems) = place(&w, &plan, config).await;
 
     let done = watcher.await.map_err(|e| AppError::Setup(format!("the outcome watcher failed: {e}")))?;
     let finished = done.len();
@@ -233,16 +247,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
     if unfinished_sagas > 0 {
         problems.push(format!("{unfinished_sagas} checkout sagas did not reach a final state within {:?}", config.timeout));
     }
-    let (mut saga_steps, mut saga_duplicates, mut deadlines_fired) = (0, 0, 0);
-    for worker in workers {
-        let stats = worker.shutdown().await;
-        saga_steps += stats.applied;
-        saga_duplicates += stats.duplicates;
-        deadlines_fired += stats.deadlines_fired;
-        if stats.lagged_events > 0 {
-            problems.push(format!("a saga worker missed {} events (bus lag)", stats.lagged_events));
-        }
-    }
+    let (saga_steps, saga_duplicates, deadlines_fired) = stop_workers(workers, &mut problems).await;
     if let Some(relay) = relay {
         relay.shutdown().await;
     }
@@ -270,7 +275,7 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         problems.push(format!("{} dead letters, first: {:?}", w.dead_letters.total(), w.dead_letters.letters().first()));
     }
     let injected = &w.dice.stats;
-    Ok(Report {
+    let report = Report {
         orders: plan.len(),
         confirmed: verified.confirmed,
         cancelled: verified.out_of_stock + verified.declined + verified.timed_out,
@@ -298,7 +303,32 @@ pub async fn run(config: &Config) -> Result<Report, AppError> {
         outbox_pending: invariants.outbox_pending,
         projection,
         problems,
-    })
+    };
+    Ok((report, dashboard))
+}
+
+/// Stops the saga workers; their steps applied, duplicates skipped and deadlines fired, summed.
+async fn stop_workers(workers: Vec<composable_rust::runtime::SagaRunnerHandle>, problems: &mut Vec<String>) -> (u64, u64, u64) {
+    let (mut saga_steps, mut saga_duplicates, mut deadlines_fired) = (0, 0, 0);
+    for worker in workers {
+        let stats = worker.shutdown().await;
+        saga_steps += stats.applied;
+        saga_duplicates += stats.duplicates;
+        deadlines_fired += stats.deadlines_fired;
+        if stats.lagged_events > 0 {
+            problems.push(format!("a saga worker missed {} events (bus lag)", stats.lagged_events));
+        }
+    }
+    (saga_steps, saga_duplicates, deadlines_fired)
+}
+
+/// `--serve`: the dashboard, its feed starting at the store's head before the run.
+async fn start_dashboard(config: &Config, w: &Wiring, serving: impl FnOnce(&Dashboard)) -> Result<Option<Dashboard>, AppError> {
+    let Some(addr) = &config.serve else { return Ok(None) };
+    let run_start = w.store.head().await.map_err(|e| AppError::Store(e.to_string()))?;
+    let dashboard = Dashboard::start(addr, Arc::clone(&w.store), run_start).await?;
+    serving(&dashboard);
+    Ok(Some(dashboard))
 }
 
 /// What `--rebuild-projections` did.
@@ -384,15 +414,22 @@ async fn stock(w: &Wiring, plan: &[PlannedOrder]) -> Result<BTreeMap<String, u32
 }
 
 /// Places every order, `concurrency` at a time; returns when each was placed and the failures.
-async fn place(w: &Wiring, plan: &[PlannedOrder], concurrency: usize, crash_after: Option<usize>) -> (HashMap<String, Instant>, Vec<String>) {
+async fn place(w: &Wiring, plan: &[PlannedOrder], config: &Config) -> (HashMap<String, Instant>, Vec<String>) {
+    let crash_after = config.crash_after;
     let placed_at: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Arc::default();
     let placed_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let placed = futures::stream::iter(plan.iter())
-        .map(|o| {
+    let start = tokio::time::Instant::now();
+    let placed = futures::stream::iter(plan.iter().enumerate())
+        .map(|(i, o)| {
             let orders = Arc::clone(&w.orders);
             let placed_at = Arc::clone(&placed_at);
             let placed_count = Arc::clone(&placed_count);
+            // `--pace-ms`: the i-th order goes out at i times the pace.
+            let at = config.pace.map(|p| start + p.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)));
             async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at).await;
+                }
                 placed_at.lock().insert(o.order_id.clone(), Instant::now());
                 let placed = orders.send(OrderCommand::Place { order_id: o.order_id.clone(), line: o.line.clone() }).await;
                 if crash_after.is_some_and(|n| placed_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n) {
@@ -403,7 +440,7 @@ async fn place(w: &Wiring, plan: &[PlannedOrder], concurrency: usize, crash_afte
                 placed
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(config.concurrency.max(1))
         .collect::<Vec<_>>()
         .await;
     let problems = placed.into_iter().filter_map(Result::err).map(|e| format!("placing an order failed: {e}")).collect();
