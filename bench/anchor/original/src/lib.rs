@@ -1,0 +1,1 @@
+//! Empty: the workloads are in `benches/anchor.rs`.
