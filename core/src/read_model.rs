@@ -182,3 +182,46 @@ pub fn validate_commit(projection: &str, expected: GlobalPosition, to: GlobalPos
     }
     Ok(())
 }
+
+/// The smallest string greater than every string starting with `prefix` (its last character
+/// incremented), or `None` if there is none (`prefix` empty or made of `char::MAX` only). Stores
+/// that compare keys as bytes (SQLite, PostgreSQL `COLLATE "C"`) keep code point order, since UTF-8
+/// does, so `key >= prefix AND key < successor` is exactly "starts with `prefix`", with no
+/// character (`%`, `_`) special, and it is a range of the key's index.
+#[must_use]
+pub fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match u32::from(last) + 1 {
+            0xD800 => 0xE000, // skip the surrogates, which are no characters
+            n => n,
+        };
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_successor_bounds_exactly_the_strings_with_the_prefix() {
+        assert_eq!(prefix_successor(""), None);
+        assert_eq!(prefix_successor("sku/").as_deref(), Some("sku0"));
+        assert_eq!(prefix_successor("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        for (prefix, key, inside) in
+            [("ab", "ab", true), ("ab", "abz", true), ("ab", "ac", false), ("ab", "aa", false), ("a%", "abc", false), ("é", "éa", true)]
+        {
+            let end = prefix_successor(prefix).unwrap();
+            assert_eq!(key >= prefix && key < end.as_str(), inside, "{prefix:?} {key:?}");
+            assert_eq!(key.starts_with(prefix), inside);
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use composable_rust_core::read_model::validate_commit;
+use composable_rust_core::read_model::{prefix_successor, validate_commit};
 use composable_rust_core::{Checkpoint, DocChange, EventFilter, EventStoreError, GlobalPosition, ReadModelError, ReadModelStore};
 use sqlx::{PgConnection, Row};
 
@@ -48,25 +48,6 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     const LAST_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z
     let end = now.timestamp_micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX)).min(LAST_MICROS);
     DateTime::from_timestamp_micros(end).unwrap_or(now)
-}
-
-/// The smallest string greater than every string starting with `prefix` (its last character
-/// incremented), or `None` if there is none. Keys sort as bytes (`COLLATE "C"`) and UTF-8 keeps
-/// code point order, so `key >= prefix AND key < successor` is exactly "starts with `prefix`",
-/// with no character (`%`, `_`) special, and it is a range of the primary key's index.
-pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = match u32::from(last) + 1 {
-            0xD800 => 0xE000, // skip the surrogates, which are no characters
-            n => n,
-        };
-        if let Some(c) = char::from_u32(next) {
-            chars.push(c);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 /// `text` as a `LIKE` pattern matching itself only (backslash is PostgreSQL's default escape).
@@ -289,15 +270,6 @@ impl ReadModelStore for PostgresEventStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_successor_bounds_exactly_the_strings_with_the_prefix() {
-        assert_eq!(prefix_successor(""), None);
-        assert_eq!(prefix_successor("sku/").as_deref(), Some("sku0"));
-        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
-        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
-        assert_eq!(prefix_successor("\u{10FFFF}"), None);
-    }
 
     #[test]
     fn a_filter_becomes_escaped_patterns_and_a_type_list() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use composable_rust_core::read_model::validate_commit;
+use composable_rust_core::read_model::{prefix_successor, validate_commit};
 use composable_rust_core::{Checkpoint, DocChange, EventFilter, EventStoreError, GlobalPosition, ReadModelError, ReadModelStore};
 use sqlx::Row;
 
@@ -42,25 +42,6 @@ fn limit_param(limit: usize) -> i64 {
 /// A time as the read-model tables store it: microseconds since the Unix epoch (UTC).
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
-}
-
-/// The smallest string greater than every string starting with `prefix` (its last character
-/// incremented), or `None` if there is none (`prefix` empty or made of `char::MAX` only). SQLite
-/// compares text as bytes and UTF-8 keeps code point order, so `key >= prefix AND key < successor`
-/// is exactly "starts with `prefix`", with no character (`%`, `_`) special.
-pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = match u32::from(last) + 1 {
-            0xD800 => 0xE000, // skip the surrogates, which are no characters
-            n => n,
-        };
-        if let Some(c) = char::from_u32(next) {
-            chars.push(c);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
 }
 
 /// The SQL condition on the events table aliased `e` that keeps what `filter` matches, with
@@ -242,23 +223,6 @@ impl ReadModelStore for SqliteEventStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_successor_bounds_exactly_the_strings_with_the_prefix() {
-        assert_eq!(prefix_successor(""), None);
-        assert_eq!(prefix_successor("sku/").as_deref(), Some("sku0"));
-        assert_eq!(prefix_successor("a%").as_deref(), Some("a&"));
-        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
-        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
-        assert_eq!(prefix_successor("\u{10FFFF}"), None);
-        for (prefix, key, inside) in
-            [("ab", "ab", true), ("ab", "abz", true), ("ab", "ac", false), ("ab", "aa", false), ("a%", "abc", false), ("é", "éa", true)]
-        {
-            let end = prefix_successor(prefix).unwrap();
-            assert_eq!(key >= prefix && key < end.as_str(), inside, "{prefix:?} {key:?}");
-            assert_eq!(key.starts_with(prefix), inside);
-        }
-    }
 
     #[test]
     fn a_filter_becomes_numbered_ranges_and_a_type_list() {
