@@ -124,6 +124,8 @@ impl OutboxRelay {
         loop {
             let page = self.store.pending_publications(limit).await?;
             if page.is_empty() {
+                // Nothing pending: whatever was remembered left the outbox (marked by someone else).
+                self.entries.clear();
                 break;
             }
             let now = Instant::now();
@@ -238,4 +240,166 @@ pub fn spawn_relay(mut relay: OutboxRelay, interval: Duration) -> RelayHandle {
         }
     });
     RelayHandle { stop, task }
+}
+
+/// Retention of the outbox and the inbox: runs [`EventStore::prune`] with the horizon `keep`
+/// before now (on this machine's wall clock) at start-up and then every `every`, so that published
+/// outbox entries and inbox marks do not pile up in a long run. Pending entries, events and
+/// snapshots are never deleted. Choose `keep` longer than the longest time the bus may redeliver an
+/// event: an event redelivered after its inbox mark was pruned is no longer refused as already
+/// processed (see [`EventStore::prune`]).
+pub fn spawn_pruner(store: Arc<dyn EventStore>, keep: Duration, every: Duration) -> PrunerHandle {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let totals = Arc::new(parking_lot::Mutex::new(PruneTotals::default()));
+    let seen = Arc::clone(&totals);
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let task = tokio::spawn(async move {
+        loop {
+            let horizon = chrono::Utc::now().checked_sub_signed(keep).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            match store.prune(horizon).await {
+                Ok(report) => {
+                    let mut t = seen.lock();
+                    t.passes += 1;
+                    t.outbox_rows += report.outbox_rows;
+                    t.inbox_marks += report.inbox_marks;
+                    if report.outbox_rows > 0 || report.inbox_marks > 0 {
+                        tracing::debug!(outbox_rows = report.outbox_rows, inbox_marks = report.inbox_marks, "pruned the outbox and the inbox");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning the outbox and the inbox failed; trying again later"),
+            }
+            tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => break,
+                () = tokio::time::sleep(every.max(Duration::from_millis(1))) => {}
+            }
+        }
+    });
+    PrunerHandle { stop, task, totals }
+}
+
+/// What a [`spawn_pruner`] task deleted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PruneTotals {
+    /// Prune calls that succeeded.
+    pub passes: u64,
+    /// Published outbox entries deleted, in all.
+    pub outbox_rows: u64,
+    /// Inbox marks deleted, in all.
+    pub inbox_marks: u64,
+}
+
+/// A pruner running every interval until stopped.
+pub struct PrunerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    totals: Arc<parking_lot::Mutex<PruneTotals>>,
+}
+
+impl PrunerHandle {
+    /// What was deleted so far.
+    pub fn totals(&self) -> PruneTotals {
+        *self.totals.lock()
+    }
+
+    /// Stops the pruner after its current pass; returns what it deleted.
+    pub async fn shutdown(self) -> PruneTotals {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+        *self.totals.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use composable_rust_core::{AppendRequest, ExpectedVersion, OutboxIntent, SerializedEvent};
+    use composable_rust_memory::{InMemoryEventBus, InMemoryEventStore};
+
+    use super::*;
+
+    /// Stores `n` events of stream `s`, each with an outbox entry for `topic`; returns their ids.
+    async fn stored_with_outbox(store: &InMemoryEventStore, topic: &Topic, n: usize) -> Vec<Uuid> {
+        let events: Vec<SerializedEvent> = (0..n).map(|i| SerializedEvent::new("Happened.v1", vec![u8::try_from(i % 256).unwrap()], None)).collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut request = AppendRequest::new(StreamId::new("s").unwrap(), ExpectedVersion::Any, events);
+        request.outbox = ids.iter().map(|&id| OutboxIntent { event_id: id, topic: topic.clone() }).collect();
+        store.append(request).await.unwrap();
+        ids
+    }
+
+    /// The relay remembers an entry it saw (when, attempts) only while the entry is pending: entries
+    /// published by someone else (the runtime that appended them, most of the time) are forgotten,
+    /// also once the outbox is empty. Before, an empty outbox ended the pass before the relay
+    /// forgot them: a relay kept them until a later pass saw a short page.
+    #[tokio::test]
+    async fn the_relay_forgets_entries_published_by_someone_else_even_when_the_outbox_is_empty() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let bus = Arc::new(InMemoryEventBus::new());
+        let topic = Topic::new("outbox.memory").unwrap();
+        let ids = stored_with_outbox(&store, &topic, 3).await;
+        let mut relay =
+            OutboxRelay::new(store.clone(), bus, Arc::new(InMemoryDeadLetters::default()), RelayConfig::default().min_age(Duration::from_secs(3600)));
+        let report = relay.pass().await.unwrap();
+        assert_eq!(report.deferred, 3, "young entries are left to the runtime that appended them: {report:?}");
+        assert_eq!(relay.entries.len(), 3, "and remembered from their first sighting");
+        for id in ids {
+            store.mark_published(id, &topic).await.unwrap();
+        }
+        let report = relay.pass().await.unwrap();
+        assert_eq!(report, RelayReport::default());
+        assert_eq!(relay.entries.len(), 0, "nothing pending, nothing remembered");
+    }
+
+    /// A long run: entries come and go (published by the runtime between passes); what the relay
+    /// remembers stays within what is pending.
+    #[tokio::test]
+    async fn what_the_relay_remembers_stays_within_the_pending_entries_in_a_long_run() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let bus = Arc::new(InMemoryEventBus::new());
+        let topic = Topic::new("outbox.memory").unwrap();
+        let mut relay =
+            OutboxRelay::new(store.clone(), bus, Arc::new(InMemoryDeadLetters::default()), RelayConfig::default().min_age(Duration::from_secs(3600)).batch(8));
+        for round in 0..50 {
+            let ids = stored_with_outbox(&store, &topic, 20).await;
+            relay.pass().await.unwrap();
+            assert!(relay.entries.len() <= store.pending_outbox_len(), "round {round}: {} remembered", relay.entries.len());
+            for id in ids {
+                store.mark_published(id, &topic).await.unwrap();
+            }
+            relay.pass().await.unwrap();
+            assert!(relay.entries.len() <= store.pending_outbox_len(), "round {round}: {} remembered", relay.entries.len());
+        }
+        assert_eq!(relay.entries.len(), 0);
+    }
+
+    /// Published outbox entries and inbox marks are kept until pruned: a pruner bounds them in a long
+    /// run, pending entries untouched.
+    #[tokio::test]
+    async fn a_pruner_deletes_published_entries_and_inbox_marks_and_keeps_pending_ones() {
+        let store = Arc::new(InMemoryEventStore::new());
+        let topic = Topic::new("outbox.memory").unwrap();
+        let published = stored_with_outbox(&store, &topic, 5).await;
+        for id in &published {
+            store.mark_published(*id, &topic).await.unwrap();
+        }
+        stored_with_outbox(&store, &topic, 2).await;
+        let handled = Uuid::new_v4();
+        let marked = AppendRequest::new(StreamId::new("m").unwrap(), ExpectedVersion::Any, vec![SerializedEvent::new("Handled.v1", vec![1], None)]);
+        store.append(marked.with_inbox("saga.memory", handled)).await.unwrap();
+
+        let pruner = spawn_pruner(store.clone(), Duration::ZERO, Duration::from_millis(5));
+        let mut totals = pruner.totals();
+        for _ in 0..400 {
+            if totals.outbox_rows == 5 && totals.inbox_marks == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            totals = pruner.totals();
+        }
+        let totals = pruner.shutdown().await;
+        assert_eq!((totals.outbox_rows, totals.inbox_marks), (5, 1), "{totals:?}");
+        assert_eq!(store.pending_outbox_len(), 2, "pending entries are never pruned");
+        let again = AppendRequest::new(StreamId::new("m").unwrap(), ExpectedVersion::Any, vec![SerializedEvent::new("Handled.v1", vec![2], None)]);
+        store.append(again.with_inbox("saga.memory", handled)).await.expect("the pruned mark no longer refuses the event (documented)");
+    }
 }

@@ -157,4 +157,25 @@ mod tests {
         assert_eq!(*order.lock(), vec!["a", "b", "c"]);
         assert_eq!(clock.pending_sleepers(), 0);
     }
+
+    /// A long run of cancelled timers (a debounce, a delay cancelled by its instance) leaves no
+    /// sleeper behind: the clock holds only the sleeps still awaited.
+    #[tokio::test]
+    async fn dropped_sleeps_leave_the_clock() {
+        let clock = TestClock::new();
+        for _ in 0..1_000 {
+            let never_polled = clock.sleep(Duration::from_secs(60));
+            drop(never_polled);
+            let task = tokio::spawn(clock.sleep(Duration::from_secs(60)));
+            settle().await;
+            task.abort();
+            let _ = task.await;
+        }
+        assert_eq!(clock.pending_sleepers(), 0, "{clock:?}");
+        let kept = clock.sleep(Duration::from_secs(1));
+        assert_eq!(clock.pending_sleepers(), 1);
+        clock.advance(Duration::from_secs(1)).await;
+        kept.await;
+        assert_eq!(clock.pending_sleepers(), 0, "a woken sleep leaves too");
+    }
 }

@@ -295,7 +295,18 @@ fn print_summary(report: &app::Report, config: &Config) {
         report.events_persisted, report.events_published, report.saga_steps, report.saga_duplicates
     );
     println!("  elapsed {} ms", report.elapsed_ms);
+    if let (Some(rss), Some(peak)) = (report.rss_kib, report.peak_rss_kib) {
+        println!("  resident set at the end {:.1} MiB, peak {:.1} MiB", kib_to_mib(rss), kib_to_mib(peak));
+    }
     if report.ok() {
         println!("  every checkout reached its expected final state; stock balances; no dead letters");
     }
+}
+
+/// KiB as MiB, for printing.
+fn kib_to_mib(kib: u64) -> f64 {
+    // A resident set far below 2^52 KiB: exact.
+    #[allow(clippy::cast_precision_loss)]
+    let kib = kib as f64;
+    kib / 1024.0
 }

@@ -21,6 +21,10 @@ fn a_thousand_orders_with_declines_and_out_of_stock_all_finish() {
     assert!(report["events_published"].as_u64().unwrap() > 3000);
     assert!(report["events_persisted"].as_u64().unwrap() > report["events_published"].as_u64().unwrap(), "saga steps are persisted too");
     assert!(report["elapsed_ms"].is_u64());
+    if std::path::Path::new("/proc/self/status").exists() {
+        let (rss, peak) = (report["rss_kib"].as_u64().expect("rss_kib"), report["peak_rss_kib"].as_u64().expect("peak_rss_kib"));
+        assert!(rss > 0 && peak >= rss, "the resident set ({rss} KiB) is within its peak ({peak} KiB)");
+    }
     assert_eq!(report["problems"], serde_json::json!([]));
 }
 

@@ -179,6 +179,27 @@ pub struct Report {
     pub projection: SummaryReport,
     /// Everything that does not add up; empty on success.
     pub problems: Vec<String>,
+    /// The process's resident set at the end of the run, in KiB (`VmRSS` of `/proc/self/status`;
+    /// absent where there is no `/proc`). With the in-memory store it includes every stored event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
+    /// The process's peak resident set during the run, in KiB (`VmHWM`; absent where there is no
+    /// `/proc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`), in KiB; `None` where it cannot be read.
+pub(crate) fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kib(&status, field)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
 }
 
 impl Report {
@@ -303,6 +324,8 @@ pub async fn run_serving(config: &Config, serving: impl FnOnce(&Dashboard)) -> R
         outbox_pending: invariants.outbox_pending,
         projection,
         problems,
+        rss_kib: proc_status_kib("VmRSS"),
+        peak_rss_kib: proc_status_kib("VmHWM"),
     };
     Ok((report, dashboard))
 }
@@ -507,5 +530,22 @@ impl Wiring {
         OutboxRelay::new(Arc::clone(&self.store), Arc::clone(&self.dyn_bus), Arc::clone(&self.dead_letters) as Arc<dyn DeadLetterSink>, RelayConfig::default())
             .pass()
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_kib_lines_of_proc_status() {
+        let status = "Name:\tcheckout-saga\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(98_765));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(123_456));
+        assert_eq!(parse_status_kib(status, "VmSwap"), None, "a missing line is None");
+        assert_eq!(parse_status_kib("VmRSS:\tlots kB\n", "VmRSS"), None, "garbage is None, not a panic");
+        if std::path::Path::new("/proc/self/status").exists() {
+            assert!(proc_status_kib("VmRSS").is_some_and(|kib| kib > 0), "this process has a resident set");
+        }
     }
 }
