@@ -14,6 +14,8 @@ pub mod clock;
 pub mod dead_letter;
 pub mod dual_bus;
 pub mod executor;
+mod instance_lock;
+mod kept;
 pub mod lanes;
 pub mod metrics;
 pub mod outbox;

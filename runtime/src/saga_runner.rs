@@ -51,6 +51,8 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+
+use crate::kept::{DEFAULT_KEPT, Kept};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -260,6 +262,16 @@ struct Inner<S: Saga> {
     /// Deadlines claimed by this worker and not handled yet: claimed again (their lease ran out
     /// while they waited in a busy lane) they are not queued a second time.
     deadlines_in_hand: Mutex<std::collections::HashSet<Uuid>>,
+    /// Instances kept between steps (see [`SagaRunner::with_cache_capacity`]).
+    kept: Kept<KeptInstance<S::State>>,
+}
+
+/// A saga instance as a worker keeps it between steps.
+struct KeptInstance<S> {
+    state: S,
+    version: Version,
+    /// Ids of the steps recorded in its stream.
+    steps: std::collections::HashSet<Uuid>,
 }
 
 /// Controls a spawned saga worker.
@@ -309,6 +321,7 @@ impl<S: Saga> SagaRunner<S> {
                 metrics: SagaMetrics::new(S::NAME),
                 detached: Tracker::new(),
                 deadlines_in_hand: Mutex::default(),
+                kept: Kept::new(DEFAULT_KEPT),
             }),
         }
     }
@@ -338,6 +351,17 @@ impl<S: Saga> SagaRunner<S> {
     #[must_use]
     pub fn with_max_in_hand(self, n: usize) -> Self {
         self.configure(|i| i.max_in_hand = n.max(1))
+    }
+
+    /// How many instances the worker keeps in memory between steps (default 10,000; 0 keeps
+    /// none, so every step replays its instance's stream). A step of a kept instance is decided on
+    /// the kept state and recorded with the kept version: if another worker recorded a step of the
+    /// instance meanwhile, the record conflicts and the step replays the stream and decides again,
+    /// as without the cache. A step already recorded (a redelivery) is always looked up in the
+    /// stream. The least recently used instance goes first.
+    #[must_use]
+    pub fn with_cache_capacity(self, instances: usize) -> Self {
+        self.configure(|i| i.kept = Kept::new(instances))
     }
 
     /// How often a spawned worker looks for due deadlines (default 100 ms, on the executor's
@@ -495,14 +519,22 @@ impl<S: Saga> Inner<S> {
             let payload = encode_payload(&action).map_err(corrupt)?;
             let mut action = Some(action);
             for attempt in 1..=self.max_attempts {
-                let replayed = self.replay(&step.instance_id, &step.stream, Some(step.id)).await?;
-                let mut state = replayed.state;
-                if let Some(recorded) = replayed.found {
-                    tracing::debug!(step = %step.id, "step already recorded; executing its effects again (idempotent)");
-                    let effects = self.reduce(&mut state, recorded)?;
-                    Arc::clone(&self).execute(effects, &step, !replayed.later, replayed.follow_ups).await?;
-                    return Ok(StepOutcome::Duplicate);
-                }
+                // A retry replays: the stream moved on without this worker. So does a step the
+                // kept instance already recorded (its effects run again from the stream's record).
+                let kept = self.kept.take(&step.instance_id).filter(|k| attempt == 1 && !k.steps.contains(&step.id));
+                let (mut state, version, mut steps) = if let Some(k) = kept {
+                    (k.state, k.version, k.steps)
+                } else {
+                    let replayed = self.replay(&step.instance_id, &step.stream, Some(step.id)).await?;
+                    let mut state = replayed.state;
+                    if let Some(recorded) = replayed.found {
+                        tracing::debug!(step = %step.id, "step already recorded; executing its effects again (idempotent)");
+                        let effects = self.reduce(&mut state, recorded)?;
+                        Arc::clone(&self).execute(effects, &step, !replayed.later, replayed.follow_ups).await?;
+                        return Ok(StepOutcome::Duplicate);
+                    }
+                    (state, replayed.version, replayed.steps)
+                };
                 let a = match action.take() {
                     Some(a) => a,
                     None => decode_payload(&payload).map_err(corrupt)?,
@@ -511,8 +543,7 @@ impl<S: Saga> Inner<S> {
                 let record = SerializedEvent::new(SAGA_STEP_EVENT_TYPE, payload.clone(), Some(metadata)).with_event_id(step.id);
                 let effects = self.reduce(&mut state, a)?;
                 let deadlines = self.deadline_changes(&step, &effects).map_err(corrupt)?;
-                let mut request =
-                    AppendRequest::new(step.stream.clone(), ExpectedVersion::from_loaded(replayed.version), vec![record]).with_deadlines(deadlines);
+                let mut request = AppendRequest::new(step.stream.clone(), ExpectedVersion::from_loaded(version), vec![record]).with_deadlines(deadlines);
                 if let Some(event_id) = step.inbox {
                     // The inbox mark makes "this saga handled this event" part of the same atomic append.
                     request = request.with_inbox(format!("saga.{}", S::NAME), event_id);
@@ -521,6 +552,10 @@ impl<S: Saga> Inner<S> {
                     Ok(r) if r.duplicate => tracing::debug!(attempt, "another worker recorded this step concurrently; reloading"),
                     Ok(_) => {
                         crate::metrics::events_appended(1);
+                        // Kept before the effects run: the follow-ups they feed back are steps of
+                        // this instance and start from here.
+                        steps.insert(step.id);
+                        self.kept.keep(&step.instance_id, KeptInstance { state, version: version.next(), steps });
                         Arc::clone(&self).execute(effects, &step, true, Vec::new()).await?;
                         return Ok(StepOutcome::Applied);
                     }
@@ -571,12 +606,13 @@ impl<S: Saga> Inner<S> {
                     })?;
                     follow_ups.push((later.event_id, action));
                 }
-                return Ok(Replayed { state, version, found: Some(action), later: k + 1 < records.len(), follow_ups });
+                return Ok(Replayed { state, version, found: Some(action), later: k + 1 < records.len(), follow_ups, steps: std::collections::HashSet::new() });
             }
             // Replaying rebuilds state only; the effects ran when the step was first handled.
             let _ = self.reduce(&mut state, action)?;
         }
-        Ok(Replayed { state, version, found: None, later: false, follow_ups: Vec::new() })
+        let steps = records.iter().map(|r| r.event_id).collect();
+        Ok(Replayed { state, version, found: None, later: false, follow_ups: Vec::new(), steps })
     }
 
     /// Executes a step's effects (its waiting effects detached unless `with_waiting` is false),
@@ -703,9 +739,16 @@ impl<S: Saga> Inner<S> {
     /// leaves it claimed: it is claimed again when the lease ends. A deadline that cannot be
     /// decoded, or whose step fails for good, is dead-lettered and completed.
     async fn handle_deadline(self: &Arc<Self>, claimed: ClaimedDeadline) {
-        let id = claimed.deadline.id;
+        // Out of hand however the handling ends (a panic in a dead-letter sink included): an id left
+        // in the set would be neither queued again by this worker nor forgotten.
+        struct OutOfHand<'a>(&'a Mutex<std::collections::HashSet<Uuid>>, Uuid);
+        impl Drop for OutOfHand<'_> {
+            fn drop(&mut self) {
+                self.0.lock().remove(&self.1);
+            }
+        }
+        let _in_hand = OutOfHand(&self.deadlines_in_hand, claimed.deadline.id);
         self.fire_claimed(claimed).await;
-        self.deadlines_in_hand.lock().remove(&id);
     }
 
     async fn fire_claimed(self: &Arc<Self>, claimed: ClaimedDeadline) {
@@ -1058,4 +1101,6 @@ struct Replayed<S, A> {
     later: bool,
     /// The follow-ups it fed back that were recorded (id, action), in stream order.
     follow_ups: Vec<(Uuid, A)>,
+    /// Ids of every step in the stream (when the step looked for was not found).
+    steps: std::collections::HashSet<Uuid>,
 }

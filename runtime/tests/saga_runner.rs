@@ -234,3 +234,28 @@ async fn workers_in_one_group_share_the_events_and_apply_each_once() {
         assert_eq!(world.ledger(&format!("acc-{a}")).await, (expected, Version(10)), "account {a}");
     }
 }
+
+/// Two workers (as two processes) take turns on one instance, each keeping it between steps: the
+/// one whose kept instance is stale finds out by its record's expected version and replays, so
+/// every deposit is counted and booked once, with or without the cache.
+#[tokio::test]
+async fn workers_keeping_an_instance_between_steps_still_apply_each_step_once() {
+    for capacity in [10_000, 0] {
+        let world = World::new();
+        let (one, other) = (world.runner().with_cache_capacity(capacity), world.runner().with_cache_capacity(capacity));
+        let deposits: Vec<SerializedEvent> = (1..=6).map(|n| deposit("acc-k", n)).collect();
+        for (k, event) in deposits.iter().enumerate() {
+            let worker = if k % 3 == 2 { &other } else { &one };
+            assert_eq!(worker.handle_event(event).await.unwrap(), StepOutcome::Applied, "deposit {k} (capacity {capacity})");
+        }
+        // Redeliveries to either worker are recognised, kept or not.
+        for event in &deposits {
+            assert_eq!(one.handle_event(event).await.unwrap(), StepOutcome::Duplicate);
+            assert_eq!(other.handle_event(event).await.unwrap(), StepOutcome::Duplicate);
+        }
+        assert_eq!(one.load_instance("acc-k").await.unwrap(), 6, "capacity {capacity}");
+        assert_eq!(world.ledger("acc-k").await, (21, Version(6)), "each deposit booked once (capacity {capacity})");
+        one.handle_event(&deposit("acc-k", 100)).await.unwrap();
+        assert_eq!(other.load_instance("acc-k").await.unwrap(), 7);
+    }
+}
