@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use composable_rust_core::{AppendRequest, EventStore, ExpectedVersion, SerializedEvent, StreamId};
 use composable_rust_postgres::{PostgresConfig, PostgresEventStore};
+use composable_rust_testing::bench_results::{BenchLine, record};
 
 fn seconds() -> u64 {
     std::env::var("CR_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5)
@@ -114,6 +115,19 @@ fn main() {
         println!("1 writer,  100 events/append: composable-rust {batch1:>9.0} events/s");
         let batch8 = ours(&store, 8, 100).await;
         println!("8 writers, 100 events/append: composable-rust {batch8:>9.0} events/s");
+        // The checkout saga's floor: single-row insert transactions at its concurrency (16).
+        let pg16 = pgbench(&url, 16);
+        println!("pgbench 16 clients (the saga's concurrency): {pg16:>9.0} tps");
+        for (case, ours, raw) in [
+            ("1 writer", ours1, Some(pg1)),
+            ("32 writers", ours32, Some(pg32)),
+            ("32 writers, group commit off", alone32, Some(pg32)),
+            ("1 writer, 100 events per append", batch1, None),
+            ("8 writers, 100 events per append", batch8, None),
+        ] {
+            record(&BenchLine { bench: "postgres_append", case, ours, raw, unit: "events/s" });
+        }
+        record(&BenchLine { bench: "floor", case: "postgres, 16 clients", ours: pg16, raw: Some(pg16), unit: "tx/s" });
     });
     if let Some((script, dir)) = own_server {
         let _ = Command::new("bash").arg(script).arg("stop").arg(&dir).output();

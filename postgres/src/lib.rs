@@ -46,7 +46,9 @@
 //!   its own expected-version check and result; a group that fails as a whole (a reused event id, an
 //!   inbox mark already present, a deadlock) writes nothing and its appends run alone, each getting
 //!   its own precise outcome. A lone append never waits for a group to form.
-//!   [`PostgresEventStore::group_commit_stats`] shows how much was combined;
+//!   [`PostgresEventStore::group_commit_stats`] shows how much was combined. With group commit on,
+//!   concurrent outbox marks (`mark_published`) also share one `UPDATE`
+//!   ([`PostgresEventStore::outbox_mark_statements`]);
 //! - event ids are unique: an identical retry is an idempotent success (`duplicate: true`), a reused
 //!   id with other content is refused;
 //! - **gap-free global reads.** Global positions come from an identity sequence, so a transaction can
@@ -72,6 +74,7 @@ mod config;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 mod group_commit;
+mod marks;
 mod read_model;
 mod store;
 

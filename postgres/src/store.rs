@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::config::{PostgresConfig, PostgresError};
 use crate::group_commit::{GroupCommit, GroupCommitStats, MAX_GROUP_EVENTS, Outcome};
+use crate::marks::MarkBatcher;
 
 /// The advisory lock appends hold shared and `read_all` takes exclusive (see the crate docs).
 pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
@@ -28,6 +29,8 @@ pub const APPEND_LOCK_KEY: i64 = 0x6372_5f65_7665_6e74; // "cr_event"
 pub struct PostgresEventStore {
     pool: PgPool,
     group_commit: Option<Arc<GroupCommit>>,
+    /// Outbox marks written together (on with group commit).
+    marks: Option<Arc<MarkBatcher>>,
     /// The highest read horizon this store has seen. Every position at or below a horizon stays
     /// committed-or-never for good, so a read starting below it needs no fresh horizon (and no
     /// exclusive advisory lock): a catch-up of many pages takes one instead of one per page.
@@ -266,7 +269,8 @@ impl PostgresEventStore {
             .map_err(|e| PostgresError::Unreachable { host, port, reason: e.to_string() })?;
         let group_commit = (config.max_appends_per_statement() > 1)
             .then(|| Arc::new(GroupCommit::start(pool.clone(), config.max_appends_per_statement(), config.group_statements_in_flight())));
-        Ok(Self { pool, group_commit, known_horizon: Arc::new(AtomicI64::new(0)) })
+        let marks = group_commit.is_some().then(|| Arc::new(MarkBatcher::start(pool.clone())));
+        Ok(Self { pool, group_commit, marks, known_horizon: Arc::new(AtomicI64::new(0)) })
     }
 
     /// Creates or upgrades the schema (embedded migrations; safe to call on every start).
@@ -277,6 +281,13 @@ impl PostgresEventStore {
     /// What group commit has combined so far (all zero when it is off).
     pub fn group_commit_stats(&self) -> GroupCommitStats {
         self.group_commit.as_ref().map(|g| g.stats()).unwrap_or_default()
+    }
+
+    /// Statements that marked outbox entries published in batches so far (0 with group commit off,
+    /// where every mark is a statement of its own). Concurrent
+    /// [`mark_published`](EventStore::mark_published) calls share one statement.
+    pub fn outbox_mark_statements(&self) -> u64 {
+        self.marks.as_ref().map_or(0, |m| m.statements())
     }
 
     /// **Escape hatch**: the sqlx connection pool, for tests and tools that run their own SQL. Using
@@ -634,6 +645,12 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn mark_published(&self, event_id: Uuid, topic: &Topic) -> Result<(), EventStoreError> {
+        if let Some(marked) = match &self.marks {
+            Some(marks) => marks.mark(event_id, topic).await,
+            None => None,
+        } {
+            return marked;
+        }
         sqlx::query("UPDATE composable_rust.outbox SET published_at = now() WHERE event_id = $1::text::uuid AND topic = $2 AND published_at IS NULL")
             .bind(event_id.to_string())
             .bind(topic.as_str())

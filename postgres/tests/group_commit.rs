@@ -230,3 +230,32 @@ async fn two_stores_hammering_the_same_streams_lose_nothing_and_double_nothing()
 async fn store_events(store: &PostgresEventStore, s: &StreamId) -> Vec<SerializedEvent> {
     store.read_stream(s, Version(1), 10_000).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_outbox_marks_share_statements_and_each_lands() {
+    let Some(store) = grouping_store().await else { return };
+    let topic = Topic::new("marked.events").unwrap();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let s = stream("marked");
+        let mut request = AppendRequest::new(s, ExpectedVersion::NoStream, (0..64).map(|i| event(&format!("marked {i}"))).collect());
+        request.outbox = request.events.iter().map(|e| OutboxIntent { topic: topic.clone(), event_id: e.event_id }).collect();
+        let ids: Vec<Uuid> = request.events.iter().map(|e| e.event_id).collect();
+        store.append(request).await.unwrap();
+        let before = store.outbox_mark_statements();
+        let marked = join_all(ids.iter().map(|id| store.mark_published(*id, &topic))).await;
+        assert!(marked.iter().all(Result::is_ok), "{marked:?}");
+        let statements = store.outbox_mark_statements() - before;
+        let pending: Vec<Uuid> = store.pending_publications(100_000).await.unwrap().into_iter().map(|p| p.event.event_id).collect();
+        assert!(ids.iter().all(|id| !pending.contains(id)), "a mark did not land");
+        assert!((1..=64).contains(&statements), "{statements} statements for 64 marks");
+        if statements < 64 {
+            break;
+        }
+        // Whether marks queue up together depends on scheduling; try again.
+        assert!(rounds < 20, "20 rounds of 64 concurrent marks never shared a statement");
+    }
+    // Marking again, or an id that is not in the outbox, changes nothing and is no error.
+    store.mark_published(Uuid::new_v4(), &topic).await.expect("an unknown id is no error");
+}
