@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use composable_rust_core::{EventBus, SerializedEvent, StreamId, SubscribeOptions, Version};
 use composable_rust_redpanda::{OffsetReset, RedpandaConfig, RedpandaEventBus};
+use composable_rust_testing::bench_results::{BenchLine, record};
 use futures::StreamExt;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -124,5 +125,7 @@ fn main() {
             best(&con_bus) / best(&con_raw)
         );
         println!("runs: publish raw {pub_raw:.0?} bus {pub_bus:.0?}; consume raw {con_raw:.0?} bus {con_bus:.0?}");
+        record(&BenchLine { bench: "kafka_bus", case: "publish", ours: best(&pub_bus), raw: Some(best(&pub_raw)), unit: "msg/s" });
+        record(&BenchLine { bench: "kafka_bus", case: "consume + ack", ours: best(&con_bus), raw: Some(best(&con_raw)), unit: "msg/s" });
     });
 }

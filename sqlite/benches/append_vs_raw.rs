@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use composable_rust_core::{AppendRequest, EventStore, ExpectedVersion, SerializedEvent, StreamId, Version};
 use composable_rust_sqlite::{SqliteConfig, SqliteEventStore};
+use composable_rust_testing::bench_results::{BenchLine, record};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
@@ -168,6 +169,44 @@ async fn raw_rate(path: &Path, streams: usize, group: usize, multi_row: bool, se
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Single-row insert transactions per second of `connections` tasks, each with its own connection
+/// (`BEGIN IMMEDIATE`, one 64-byte `INSERT`, `COMMIT`): the raw floor of a workload with that
+/// concurrency (SQLite writes one transaction at a time; the others wait on its lock).
+async fn floor_rate(path: &Path, connections: usize, secs: Duration) -> f64 {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30));
+    let mut setup = options.connect().await.expect("open");
+    sqlx::query("CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)").execute(&mut setup).await.expect("create");
+    setup.close().await.expect("close");
+    let started = Instant::now();
+    let end = started + secs;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let options = options.clone();
+            tokio::spawn(async move {
+                let mut conn = options.connect().await.expect("open");
+                let mut done = 0u64;
+                while Instant::now() < end {
+                    sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.expect("begin");
+                    sqlx::query("INSERT INTO floor (payload) VALUES (?)").bind(&[7u8; 64][..]).execute(&mut conn).await.expect("insert");
+                    sqlx::query("COMMIT").execute(&mut conn).await.expect("commit");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 fn k(rate: f64) -> String {
     format!("{:.1} K/s", rate / 1000.0)
 }
@@ -217,5 +256,20 @@ async fn main() {
         }
         let (off, on, group, raw, multi) = (median(offs), median(ons), median(groups), median(raws), median(multis));
         println!("| {w} | {} | {} | {group:.1} | {} | {} | {:.2} | **{:.2}** | {:.2} |", k(off), k(on), k(raw), k(multi), on / off, on / raw, on / multi);
+        let case = format!("{w} writers");
+        record(&BenchLine { bench: "sqlite_append", case: &case, ours: on, raw: Some(raw), unit: "events/s" });
+        record(&BenchLine { bench: "sqlite_append_multi_row", case: &case, ours: on, raw: Some(multi), unit: "events/s" });
+        record(&BenchLine { bench: "sqlite_append_before_group_commit", case: &case, ours: on, raw: Some(off), unit: "events/s" });
     }
+    // The checkout saga's floor: single-row insert transactions at its concurrency (16).
+    let floors: Vec<f64> = {
+        let mut v = Vec::new();
+        for round in 0..rounds {
+            v.push(floor_rate(&Db::new(&format!("floor-{round}")).0, 16, secs).await);
+        }
+        v
+    };
+    let floor = median(floors);
+    println!("raw single-row insert transactions, 16 connections: {}", k(floor));
+    record(&BenchLine { bench: "floor", case: "sqlite, 16 connections", ours: floor, raw: Some(floor), unit: "tx/s" });
 }

@@ -15,6 +15,7 @@
 //! depend on `composable-rust-memory` or the `composable-rust` facade, not on this test crate.
 
 pub mod aggregate_scenario;
+pub mod bench_results;
 pub mod clock;
 pub mod conformance;
 pub mod diff;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use composable_rust_core::{EventBus, EventMetadata, SerializedEvent, StreamId, SubscribeOptions, Version};
+use composable_rust_testing::bench_results::{BenchLine, record};
 use composable_rust_zenoh::{ZenohConfig, ZenohEventBus, keys};
 use futures::StreamExt;
 use zenoh::Wait;
@@ -131,5 +132,9 @@ fn main() {
         println!("{:<34} {:>14.0} {:>10.1?} {:>10.1?}", "raw session.put + subscriber", raw_best, raw_p50, raw_p99);
         println!("{:<34} {:>14.0} {:>10.1?} {:>10.1?}", "ZenohEventBus publish + subscribe", ours_best, bus_p50, bus_p99);
         println!("throughput ratio (bus / raw): {:.2}   all runs raw {raw:.0?} bus {ours:.0?}", ours_best / raw_best);
+        record(&BenchLine { bench: "zenoh_bus", case: "publish + subscribe", ours: ours_best, raw: Some(raw_best), unit: "events/s" });
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        record(&BenchLine { bench: "zenoh_bus_latency", case: "p50", ours: micros(bus_p50), raw: Some(micros(raw_p50)), unit: "us" });
+        record(&BenchLine { bench: "zenoh_bus_latency", case: "p99", ours: micros(bus_p99), raw: Some(micros(raw_p99)), unit: "us" });
     });
 }
