@@ -16,11 +16,12 @@
 //! default 10,000): the next command for one decides on the kept state without reading the stream,
 //! and its append still expects the kept version, so a stream another process wrote to meanwhile
 //! answers with a conflict and the handler reloads and decides again, as without the cache. A
-//! kept instance remembers the command ids its events came from since its last snapshot (what a
-//! load would scan), so a redelivered command is still recognised. Any process can handle any
-//! command.
+//! rejection, or a decision with no events, is only answered on state loaded afresh (it appends
+//! nothing a stale version could be caught by). A command whose events' ids (derived from the
+//! command id) are stored already is answered [`CommandOutcome::Duplicate`], however long ago it
+//! was handled. Any process can handle any command.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -54,8 +55,33 @@ struct Instance<S> {
     state: S,
     version: Version,
     snapshot_version: Option<Version>,
-    /// Causation ids (command ids) of the events after the snapshot.
-    causes: HashSet<Box<str>>,
+    /// Causation ids (command ids) of its latest events, at most [`RECENT_CAUSES`]: a redelivered
+    /// recent command is answered without deciding. Older ones are caught by the append (their
+    /// events' ids, derived from the command id, are stored already).
+    causes: RecentCauses,
+}
+
+/// Command ids a kept instance remembers.
+const RECENT_CAUSES: usize = 64;
+
+/// The latest causation ids, oldest first, at most [`RECENT_CAUSES`].
+#[derive(Default)]
+struct RecentCauses(VecDeque<Box<str>>);
+
+impl RecentCauses {
+    fn contains(&self, cause: &str) -> bool {
+        self.0.iter().any(|c| &**c == cause)
+    }
+
+    fn push(&mut self, cause: &str) {
+        if self.0.back().is_some_and(|last| &**last == cause) {
+            return;
+        }
+        if self.0.len() == RECENT_CAUSES {
+            self.0.pop_front();
+        }
+        self.0.push_back(cause.into());
+    }
 }
 
 /// An instance as loaded from its stream.
@@ -139,12 +165,12 @@ impl<A: Aggregate> AggregateHandler<A> {
     /// Loads instance `id` from its snapshot and stream. `handled_command` is the id whose prior
     /// handling should be detected. Always reads the store (the cache is not consulted).
     pub async fn load(&self, id: &str, handled_command: Option<&str>) -> Result<Loaded<A::State>, DispatchError> {
-        let instance = self.load_instance(id).await?;
-        let already_handled = handled_command.is_some_and(|c| instance.causes.contains(c));
+        let (instance, already_handled) = self.load_instance(id, handled_command).await?;
         Ok(Loaded { state: instance.state, version: instance.version, snapshot_version: instance.snapshot_version, already_handled })
     }
 
-    async fn load_instance(&self, id: &str) -> Result<Instance<A::State>, DispatchError> {
+    /// The instance from the store, and whether `handled_command` caused any of the events read.
+    async fn load_instance(&self, id: &str, handled_command: Option<&str>) -> Result<(Instance<A::State>, bool), DispatchError> {
         let stream = Self::stream_id(id).map_err(|e| Self::invalid(e.to_string()))?;
         let mut state = A::initial_state(id);
         let mut version = Version::INITIAL;
@@ -157,16 +183,18 @@ impl<A: Aggregate> AggregateHandler<A> {
             }
         }
         let events = read_stream_to_end(&*self.store, &stream, version.next()).await.map_err(Self::store_error)?;
-        let mut causes = HashSet::new();
+        let mut causes = RecentCauses::default();
+        let mut already_handled = false;
         for stored in &events {
             let event = A::Event::from_serialized(stored).map_err(|e| Self::corrupt(&stream, &e))?;
             A::apply(&mut state, &event);
             version = stored.stream_version.unwrap_or(version.next());
             if let Some(cause) = &stored.metadata.causation_id {
-                causes.insert(cause.as_str().into());
+                already_handled |= handled_command == Some(cause.as_str());
+                causes.push(cause);
             }
         }
-        Ok(Instance { state, version, snapshot_version, causes })
+        Ok((Instance { state, version, snapshot_version, causes }, already_handled))
     }
 
     /// Handles `command` as a new command (a fresh id) and returns the typed outcome.
@@ -240,6 +268,23 @@ impl<A: Aggregate> AggregateHandler<A> {
         false
     }
 
+    /// The instance loaded afresh, or (as `Err`) the instance if `cause` already caused events in
+    /// what was read.
+    async fn fresh_instance(&self, id: &str, cause: &str) -> Result<Result<Instance<A::State>, Instance<A::State>>, DispatchError> {
+        let (instance, already_handled) = self.load_instance(id, Some(cause)).await?;
+        if already_handled {
+            tracing::debug!("command already handled, skipping");
+            return Ok(Err(instance));
+        }
+        Ok(Ok(instance))
+    }
+
+    /// `handle`, with a panic caught (its message).
+    fn decide(&self, state: &A::State, command: &A::Command) -> Result<Result<Vec<A::Event>, A::Error>, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.aggregate.handle(state, command.clone(), &self.env)))
+            .map_err(|panic| crate::executor::panic_message(&*panic))
+    }
+
     async fn handle_command(&self, envelope: &CommandEnvelope, command: &A::Command, id: &str) -> Result<CommandOutcome, AggregateError<A::Error>> {
         use AggregateError::Failed;
         let stream = Self::stream_id(id).map_err(|e| Failed(Self::invalid(e.to_string())))?;
@@ -247,26 +292,45 @@ impl<A: Aggregate> AggregateHandler<A> {
         for attempt in 1..=self.max_attempts {
             let turn = self.turns.turn(id).await;
             // A retry after a conflict reloads: the stream moved on without this process.
-            let kept = self.kept.take(id).filter(|_| attempt == 1);
-            let mut instance = match kept {
-                Some(instance) => instance,
-                None => self.load_instance(id).await.map_err(Failed)?,
+            let (mut instance, kept) = if let Some(instance) = self.kept.take(id).filter(|_| attempt == 1) {
+                (instance, true)
+            } else {
+                match self.fresh_instance(id, &cause).await.map_err(Failed)? {
+                    Ok(instance) => (instance, false),
+                    Err(handled) => {
+                        self.kept.keep(id, handled);
+                        return Ok(CommandOutcome::Duplicate);
+                    }
+                }
             };
-            if instance.causes.contains(cause.as_str()) {
+            if instance.causes.contains(&cause) {
                 tracing::debug!("command already handled, skipping");
                 self.kept.keep(id, instance);
                 return Ok(CommandOutcome::Duplicate);
             }
-            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.aggregate.handle(&instance.state, command.clone(), &self.env)));
+            let mut decided = self.decide(&instance.state, command);
+            if kept && !matches!(&decided, Ok(Ok(events)) if !events.is_empty()) {
+                // A refusal, an empty decision or a panic appends nothing, so nothing would catch a
+                // stale kept state: they are answered on the stored state only.
+                tracing::debug!("no events decided on a kept instance; deciding again on the stored state");
+                instance = match self.fresh_instance(id, &cause).await.map_err(Failed)? {
+                    Ok(instance) => instance,
+                    Err(handled) => {
+                        self.kept.keep(id, handled);
+                        return Ok(CommandOutcome::Duplicate);
+                    }
+                };
+                decided = self.decide(&instance.state, command);
+            }
             let events = match decided {
                 Ok(Ok(events)) => events,
                 Ok(Err(rejection)) => {
                     self.kept.keep(id, instance);
                     return Err(AggregateError::Rejected(rejection));
                 }
-                Err(panic) => {
+                Err(message) => {
                     self.kept.keep(id, instance);
-                    return Err(Failed(DispatchError::Panicked { target: Self::target(), message: crate::executor::panic_message(&*panic) }));
+                    return Err(Failed(DispatchError::Panicked { target: Self::target(), message }));
                 }
             };
             if events.is_empty() {
@@ -282,6 +346,9 @@ impl<A: Aggregate> AggregateHandler<A> {
                 // the store may not have.
                 A::apply(&mut instance.state, e);
             }
+            // Derived before the append, as before the turns: a panicking `react` stores nothing.
+            let reactions = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.aggregate.react(&instance.state, &events, &self.env)))
+                .map_err(|panic| Failed(DispatchError::Panicked { target: Self::target(), message: crate::executor::panic_message(&*panic) }))?;
             let mut append = Effect::append(stream.clone(), composable_rust_core::ExpectedVersion::from_loaded(loaded_version), serialized);
             if let Some(topic) = A::topic() {
                 append = append.publish_to(topic);
@@ -293,6 +360,12 @@ impl<A: Aggregate> AggregateHandler<A> {
             }
             let appended: Vec<Effect<std::convert::Infallible>> = vec![append.into()];
             let report = match self.executor.run(appended, &feedback, &scope).await {
+                // The events' ids derive from the command id: the store holding them already
+                // (identical, or decided otherwise on a state that did not know) means this command
+                // was handled before, past what the load scanned (a snapshot since). Nothing was
+                // stored now; the kept state is dropped, it holds events the store does not.
+                Ok(report) if report.duplicate_appends > 0 => return Ok(CommandOutcome::Duplicate),
+                Err(EffectFailure::Store(EventStoreError::EventIdReused { .. })) => return Ok(CommandOutcome::Duplicate),
                 Ok(report) => report,
                 Err(f) if f.is_conflict() => {
                     tracing::debug!(attempt, "concurrency conflict, reloading");
@@ -301,19 +374,19 @@ impl<A: Aggregate> AggregateHandler<A> {
                 Err(f) => return Err(Failed(Self::map_failure(f))),
             };
             instance.version = Version(loaded_version.0 + events.len() as u64);
-            instance.causes.insert(cause.as_str().into());
+            instance.causes.push(&cause);
             if self.maybe_snapshot(&stream, &instance.state, instance.version, instance.snapshot_version).await {
-                // As a load from the new snapshot would: only later events' causes.
                 instance.snapshot_version = Some(instance.version);
-                instance.causes.clear();
             }
-            let reactions: Vec<Effect<std::convert::Infallible>> = self.aggregate.react(&instance.state, &events, &self.env);
             self.kept.keep(id, instance);
             // The reactions may dispatch to this very instance: they run after its turn.
             drop(turn);
             if reactions.is_empty() {
                 return Ok(CommandOutcome::Handled { position: report.last_position });
             }
+            // Behind a placeholder for the append, so that their effect positions, and the event
+            // ids derived from them, are those of one run `[append, reactions...]`.
+            let reactions: Vec<Effect<std::convert::Infallible>> = std::iter::once(Effect::None).chain(reactions).collect();
             return match self.executor.run(reactions, &feedback, &scope).await {
                 Ok(more) => Ok(CommandOutcome::Handled { position: more.last_position.or(report.last_position) }),
                 Err(f) => Err(Failed(Self::map_failure(f))),

@@ -34,7 +34,7 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use composable_rust_core::{
     Append, AppendRequest, AppendResult, Callback, CancelInFlight, Clock, CommandEnvelope, CommandOutcome, Dispatch, DispatchError, Effect, EffectId,
@@ -417,11 +417,15 @@ impl ExecutorBuilder {
 pub struct RunReport {
     /// The global position of the last event stored by the run (not counting detached effects).
     pub last_position: Option<GlobalPosition>,
+    /// Appends of the run the store answered as identical retries (`duplicate: true`): their
+    /// events were stored before, by an earlier run with the same cause, and nothing was stored now.
+    pub duplicate_appends: u32,
 }
 
 struct RunState {
     // 0 = nothing stored; positions start at 1.
     last_position: AtomicU64,
+    duplicate_appends: AtomicU32,
     /// Cancellable effects registered when their run was started, before the run reached them
     /// ([`Executor::preregister`]), by path.
     preregistered: parking_lot::Mutex<Vec<Preregistered>>,
@@ -438,7 +442,17 @@ struct Preregistered {
 
 impl RunState {
     fn new(executor: &Executor) -> Self {
-        Self { last_position: AtomicU64::new(0), preregistered: parking_lot::Mutex::new(Vec::new()), shared: Arc::clone(&executor.shared) }
+        Self {
+            last_position: AtomicU64::new(0),
+            duplicate_appends: AtomicU32::new(0),
+            preregistered: parking_lot::Mutex::new(Vec::new()),
+            shared: Arc::clone(&executor.shared),
+        }
+    }
+
+    fn report(&self) -> RunReport {
+        let p = self.last_position.load(Ordering::Relaxed);
+        RunReport { last_position: (p > 0).then_some(GlobalPosition(p)), duplicate_appends: self.duplicate_appends.load(Ordering::Relaxed) }
     }
 
     fn take_preregistered(&self, path: &EffectPath) -> Option<Preregistered> {
@@ -546,8 +560,7 @@ impl Executor {
             let main = self.run_sequence(effects, feedback, scope, EffectPath::root(), 0, &state);
             let result = self.with_timers(main, timers, feedback, scope, &state).await;
             result?;
-            let p = state.last_position.load(Ordering::Relaxed);
-            Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
+            Ok(state.report())
         }
     }
 
@@ -569,8 +582,7 @@ impl Executor {
         async move {
             let main = executor.run_sequence(effects, &feedback, &scope, EffectPath::root(), 0, &state);
             executor.with_timers(main, timers, &feedback, &scope, &state).await?;
-            let p = state.last_position.load(Ordering::Relaxed);
-            Ok(RunReport { last_position: (p > 0).then_some(GlobalPosition(p)) })
+            Ok(state.report())
         }
         .boxed()
     }
@@ -933,7 +945,9 @@ impl Executor {
         });
         match outcome {
             Ok(result) => {
-                if !result.duplicate {
+                if result.duplicate {
+                    state.duplicate_appends.fetch_add(1, Ordering::Relaxed);
+                } else {
                     crate::metrics::events_appended(request.events.len());
                 }
                 let last = result.first_position.0 + request.events.len() as u64 - 1;

@@ -7,8 +7,6 @@
 //! version, and a stream that moved on without this process answers with a conflict, after which
 //! the caller loads afresh.
 
-use std::num::NonZeroUsize;
-
 use lru::LruCache;
 use parking_lot::Mutex;
 
@@ -17,12 +15,15 @@ pub(crate) const DEFAULT_KEPT: usize = 10_000;
 
 /// Up to a capacity of instances by id (none with capacity 0).
 pub(crate) struct Kept<T> {
+    // Unbounded to the crate and capped here: a bounded `LruCache` allocates its whole capacity up
+    // front, for handlers that may never keep more than a few instances.
     cache: Option<Mutex<LruCache<String, T>>>,
+    capacity: usize,
 }
 
 impl<T> Kept<T> {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { cache: NonZeroUsize::new(capacity).map(|n| Mutex::new(LruCache::new(n))) }
+        Self { cache: (capacity > 0).then(|| Mutex::new(LruCache::unbounded())), capacity }
     }
 
     /// Takes instance `id` out, if kept.
@@ -33,7 +34,11 @@ impl<T> Kept<T> {
     /// Keeps `instance` as `id`'s current state.
     pub(crate) fn keep(&self, id: &str, instance: T) {
         if let Some(cache) = &self.cache {
-            cache.lock().put(id.to_owned(), instance);
+            let mut cache = cache.lock();
+            cache.put(id.to_owned(), instance);
+            while cache.len() > self.capacity {
+                cache.pop_lru();
+            }
         }
     }
 
