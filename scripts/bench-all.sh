@@ -7,8 +7,8 @@
 # test command does) unless DATABASE_URL, NATS_URL or KAFKA_BROKERS point at yours. Each round runs,
 # one at a time: the in-memory bus and Store::send criterion benchmarks, PostgreSQL appends against
 # pgbench, SQLite appends against raw sqlx, NATS, Kafka and Zenoh against their raw clients, and the
-# checkout saga end to end on memory, SQLite, PostgreSQL, PostgreSQL + Kafka and PostgreSQL + NATS
-# (counting PostgreSQL's WAL fsyncs per order). With --original DIR (a checkout of
+# checkout saga end to end on memory (10,000 and 100,000 orders, with the resident set), SQLite,
+# PostgreSQL, PostgreSQL + Kafka and PostgreSQL + NATS (counting PostgreSQL's WAL fsyncs per order). With --original DIR (a checkout of
 # jonathanbelolo/composable-rust) it also runs scripts/bench-vs-original.sh. Then
 # scripts/bench-report.py writes the SVG charts into docs/bench/ and, unless --no-readme, the
 # README's section between the `bench-all` markers, all from this run's results.
@@ -126,6 +126,7 @@ for round in $(seq 1 "$rounds"); do
   bench zenoh composable-rust-zenoh zenoh_bus || true
 
   saga_run "memory" 10000 memory memory
+  saga_run "memory, 100,000 orders" 100000 memory memory
   saga_run "sqlite" 2000 "sqlite:$out/saga-$round.db" memory
   for bus in "postgres|memory" "postgres + kafka|redpanda://$KAFKA_BROKERS?$kafka_props" "postgres + nats|$NATS_URL"; do
     db="saga_${round}_$(echo "${bus%%|*}" | tr -c 'a-z' '_')"
