@@ -309,10 +309,13 @@ impl<A: Aggregate> AggregateHandler<A> {
                 return Ok(CommandOutcome::Duplicate);
             }
             let mut decided = self.decide(&instance.state, command);
-            if kept && !matches!(&decided, Ok(Ok(events)) if !events.is_empty()) {
+            if kept
+                && !matches!(&decided, Ok(Ok(events)) if !events.is_empty())
+                && self.store.stream_version(&stream).await.map_err(|e| Failed(Self::store_error(e)))? != instance.version
+            {
                 // A refusal, an empty decision or a panic appends nothing, so nothing would catch a
                 // stale kept state: they are answered on the stored state only.
-                tracing::debug!("no events decided on a kept instance; deciding again on the stored state");
+                tracing::debug!("no events decided on a stale kept instance; deciding again on the stored state");
                 instance = match self.fresh_instance(id, &cause).await.map_err(Failed)? {
                     Ok(instance) => instance,
                     Err(handled) => {
