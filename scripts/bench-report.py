@@ -70,6 +70,8 @@ def fmt(value, unit):
     if value is None:
         return "-"
     if unit == "ns":
+        if value >= 1e6:
+            return f"{value / 1e6:.2f} ms"
         return f"{value / 1000:.2f} µs" if value >= 1000 else f"{value:.1f} ns"
     if unit in ("ms", "us", "µs"):
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.2f} {unit}"
