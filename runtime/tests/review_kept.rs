@@ -749,3 +749,34 @@ async fn an_append_that_fails_after_taking_effect_then_a_redelivery() {
     assert_eq!((fresh.state, fresh.version), (23, Version(3)));
     handler.send(add(77)).await.expect("23 + 77 <= 100, decided on the stored state");
 }
+
+/// The production handler, keeping its instance or not and with another process writing between
+/// its commands, decides every command as `AggregateScenario` (the unit-test harness) does given
+/// the events stored before it: the same events, the same refusals.
+#[tokio::test]
+async fn kept_instances_decide_as_the_aggregate_scenario_does() {
+    use composable_rust_testing::AggregateScenario;
+    for capacity in [10_000, 0] {
+        let store = Arc::new(InMemoryEventStore::new());
+        let (one, other) = (process(Capped::<0>, &store).with_cache_capacity(capacity), process(Capped::<0>, &store));
+        for (k, n) in [30, 50, 40, 20, 20, 45, -60, 10].into_iter().enumerate() {
+            if k == 4 {
+                // Another process moves the stream under `one`'s kept instance.
+                other.send(add(-30)).await.expect("the other process");
+            }
+            let stream = StreamId::new("capped-c").expect("stream");
+            let before: Vec<Added> =
+                read_stream_to_end(&*store, &stream, Version(1)).await.expect("read").iter().map(|e| Added::from_serialized(e).expect("decode")).collect();
+            let expected = AggregateScenario::new(Capped::<0>, (), "c").given(before).when(add(n));
+            match one.send(add(n)).await {
+                Ok(_) => {
+                    expected.then_events(&[Added { n }]);
+                }
+                Err(AggregateError::Rejected(e)) => {
+                    expected.then_rejected(&e);
+                }
+                Err(e) => panic!("command {k} (capacity {capacity}) failed: {e}"),
+            }
+        }
+    }
+}
