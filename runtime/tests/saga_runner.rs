@@ -259,3 +259,23 @@ async fn workers_keeping_an_instance_between_steps_still_apply_each_step_once() 
         assert_eq!(other.load_instance("acc-k").await.unwrap(), 7);
     }
 }
+
+/// Workers keeping the instance (two of them, taking turns, so one's kept instance goes stale)
+/// end every step in the state `SagaScenario` (the unit-test harness) reaches for the same events,
+/// and dispatch what it expects.
+#[tokio::test]
+async fn kept_saga_instances_step_as_the_saga_scenario_does() {
+    use composable_rust_testing::SagaScenario;
+    let world = World::new();
+    let (one, other) = (world.runner(), world.runner());
+    let deposits: Vec<SerializedEvent> = (1..=6).map(|n| deposit("acc-s", n * 10)).collect();
+    for (k, event) in deposits.iter().enumerate() {
+        let expected = SagaScenario::new(BookingSaga, (), "acc-s").given_events(&deposits[..k]).when_event(event);
+        expected.expect_commands(&[Record { account: "acc-s".into(), amount: (k as u64 + 1) * 10 }]);
+        let worker = if k % 3 == 2 { &other } else { &one };
+        assert_eq!(worker.handle_event(event).await.unwrap(), StepOutcome::Applied);
+        let state = one.load_instance("acc-s").await.unwrap();
+        expected.expect_state(&state);
+    }
+    assert_eq!(world.ledger("acc-s").await.0, 210, "each dispatched command landed once");
+}
